@@ -1,0 +1,5 @@
+import sys
+
+from chathub.cli import main
+
+sys.exit(main())

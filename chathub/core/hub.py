@@ -1,0 +1,418 @@
+"""The sans-I/O hub: connections, users, rooms and who receives what.
+
+The hub never touches a socket, a clock or a database. Callers pass the time in and
+execute the effects it returns:
+
+* ``Send(conn, payload, kind)``: write ``payload`` (one JSON text frame) to one connection.
+* ``Broadcast(conns, payload, kind)``: write the same bytes to every connection listed.
+* ``Close(conn, code, reason)``: close one connection with a WebSocket close code.
+* ``Subscribe(channel)`` / ``Unsubscribe(channel)``: the node starts or stops listening to
+  a room's broker channel (a room is active on a node while it has local members).
+
+``kind`` is ``MESSAGE`` (must be delivered, or the connection is cut as a slow consumer)
+or ``EPHEMERAL`` (typing, presence, receipts: shed first when a connection falls behind).
+
+Persistence is the caller's: ``prepare_send`` validates and builds the record to store,
+the caller stores it, then calls ``encode_message`` + ``deliver`` (through the broker).
+The recipe for each op is in ``chathub/server/node.py``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import orjson
+
+from chathub.core import protocol as P
+from chathub.core.protocol import ProtocolError
+from chathub.store.base import NewMessage, StoredMessage
+
+MESSAGE = 0
+EPHEMERAL = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """An authenticated identity, from a verified token."""
+
+    user_id: int
+    tenant_id: int = 0
+    name: str | None = None
+    roles: tuple[str, ...] = ()
+    exp: int | None = None
+
+
+class Conn:
+    """One client connection as the hub sees it. ``handle`` belongs to the adapter."""
+
+    __slots__ = ("id", "claims", "rooms", "gzip", "handle", "opened_at")
+
+    def __init__(self, conn_id: str, opened_at: float, handle: Any = None) -> None:
+        self.id = conn_id
+        self.claims: Claims | None = None
+        self.rooms: set[str] = set()  # room keys
+        self.gzip = False
+        self.handle = handle
+        self.opened_at = opened_at
+
+    @property
+    def authenticated(self) -> bool:
+        return self.claims is not None
+
+    def __repr__(self) -> str:  # pragma: no cover
+        return f"Conn({self.id!r}, {self.claims!r})"
+
+
+class Room:
+    """A room active on this node: its local member connections."""
+
+    __slots__ = ("key", "tenant_id", "name", "conns", "users", "last_seq", "replaying", "typing")
+
+    def __init__(self, key: str, tenant_id: int, name: str) -> None:
+        self.key = key
+        self.tenant_id = tenant_id
+        self.name = name
+        self.conns: dict[str, Conn] = {}
+        self.users: dict[int, int] = {}  # user id -> local connections joined
+        self.last_seq = -1  # -1: not known yet on this node
+        # conn id -> live messages held back while that connection replays history
+        self.replaying: dict[str, list[tuple[int, bytes]]] = {}
+        self.typing: dict[int, float] = {}  # user id -> when the start lapses
+
+
+@dataclass(slots=True)
+class Send:
+    conn: Conn
+    payload: bytes
+    kind: int = MESSAGE
+
+
+@dataclass(slots=True)
+class Broadcast:
+    conns: list[Conn]
+    payload: bytes
+    kind: int = MESSAGE
+
+
+@dataclass(slots=True)
+class Close:
+    conn: Conn
+    code: int
+    reason: str
+
+
+@dataclass(slots=True)
+class Subscribe:
+    channel: str
+
+
+@dataclass(slots=True)
+class Unsubscribe:
+    channel: str
+
+
+Effect = Union[Send, Broadcast, Close, Subscribe, Unsubscribe]
+
+
+@dataclass(frozen=True, slots=True)
+class HubLimits:
+    max_connections_per_user: int = 3
+    max_rooms_per_connection: int = 50
+    heartbeat_interval: float = 30.0
+    typing_timeout: float = 6.0
+    max_replay_buffer: int = 1000  # live messages held per replaying connection
+
+
+@dataclass(slots=True)
+class JoinResult:
+    room: Room
+    already: bool
+    members: list[int] = field(default_factory=list)
+
+
+def room_key(tenant_id: int, room: str) -> str:
+    """The node-wide key (and broker channel) of a tenant's room."""
+    return f"{tenant_id}/{room}"
+
+
+class Hub:
+    """Connection, user and room state of one node. Not thread-safe; one event loop."""
+
+    def __init__(self, limits: HubLimits | None = None, node_id: str | None = None) -> None:
+        self.limits = limits or HubLimits()
+        self.node_id = node_id or os.urandom(4).hex()
+        self._ids = itertools.count(1)
+        self.conns: dict[str, Conn] = {}
+        self.users: dict[tuple[int, int], list[Conn]] = {}
+        self.rooms: dict[str, Room] = {}
+
+    # ------------------------------------------------------------ connections
+
+    def connect(self, now: float, handle: Any = None) -> Conn:
+        conn = Conn(f"{self.node_id}-{next(self._ids)}", now, handle)
+        self.conns[conn.id] = conn
+        return conn
+
+    def authenticate(self, conn: Conn, claims: Claims, now_ms: int, *, gzip: bool = False) -> list[Effect]:
+        """Bind an identity to ``conn``: the ``ready`` event, or close 4009 over the cap."""
+        if conn.claims is not None:
+            raise ProtocolError(P.CONFLICT, "already authenticated")
+        key = (claims.tenant_id, claims.user_id)
+        mine = self.users.get(key)
+        if mine is not None and len(mine) >= self.limits.max_connections_per_user:
+            return [
+                Close(
+                    conn,
+                    P.CLOSE_TOO_MANY_CONNECTIONS,
+                    f"too many connections for this user (max {self.limits.max_connections_per_user})",
+                )
+            ]
+        conn.claims = claims
+        conn.gzip = gzip
+        self.users.setdefault(key, []).append(conn)
+        ready = {
+            "ev": "ready",
+            "conn_id": conn.id,
+            "user_id": claims.user_id,
+            "tenant_id": claims.tenant_id,
+            "heartbeat_s": self.limits.heartbeat_interval,
+            "server_time": now_ms,
+        }
+        if claims.name is not None:
+            ready["name"] = claims.name
+        return [Send(conn, orjson.dumps(ready))]
+
+    def disconnect(self, conn: Conn) -> list[Effect]:
+        """Forget ``conn``: it leaves its rooms (others get ``left``)."""
+        effects: list[Effect] = []
+        if self.conns.pop(conn.id, None) is None:
+            return effects
+        for key in list(conn.rooms):
+            effects.extend(self._leave(conn, self.rooms[key]))
+        if conn.claims is not None:
+            ukey = (conn.claims.tenant_id, conn.claims.user_id)
+            mine = self.users.get(ukey)
+            if mine is not None:
+                try:
+                    mine.remove(conn)
+                except ValueError:
+                    pass
+                if not mine:
+                    del self.users[ukey]
+        return effects
+
+    def user_conns(self, tenant_id: int, user_id: int) -> list[Conn]:
+        return self.users.get((tenant_id, user_id), [])
+
+    # ------------------------------------------------------------ rooms
+
+    def _claims(self, conn: Conn) -> Claims:
+        if conn.claims is None:
+            raise ProtocolError(P.UNAUTHORIZED, "authenticate first")
+        return conn.claims
+
+    def check_access(self, conn: Conn, room: str, cmd_id: Any = None) -> str:
+        """Raise unless ``conn`` may address ``room``; return the room key."""
+        claims = self._claims(conn)
+        if room.startswith("dm:"):
+            pair = P.dm_participants(room)
+            if pair is None or claims.user_id not in pair:
+                raise ProtocolError(P.FORBIDDEN, "not a participant of this direct room", cmd_id)
+        return room_key(claims.tenant_id, room)
+
+    def join(self, conn: Conn, room: str, *, replay: bool, cmd_id: Any = None) -> tuple[JoinResult, list[Effect]]:
+        """Add ``conn`` to ``room``. With ``replay``, live messages for this connection are
+        held back until ``finish_replay``."""
+        key = self.check_access(conn, room, cmd_id)
+        claims = conn.claims
+        assert claims is not None
+        effects: list[Effect] = []
+        r = self.rooms.get(key)
+        if r is not None and conn.id in r.conns:
+            if replay:
+                r.replaying[conn.id] = []
+            return JoinResult(r, True, list(r.users)), effects
+        if len(conn.rooms) >= self.limits.max_rooms_per_connection:
+            raise ProtocolError(
+                P.FORBIDDEN,
+                f"this connection is in {len(conn.rooms)} rooms, the most allowed",
+                cmd_id,
+            )
+        if r is None:
+            r = self.rooms[key] = Room(key, claims.tenant_id, room)
+            effects.append(Subscribe(key))
+        r.conns[conn.id] = conn
+        conn.rooms.add(key)
+        if replay:
+            r.replaying[conn.id] = []
+        n = r.users.get(claims.user_id, 0)
+        r.users[claims.user_id] = n + 1
+        if n == 0:
+            others = [c for c in r.conns.values() if c.claims is not None and c.claims.user_id != claims.user_id]
+            if others:
+                ev = orjson.dumps({"ev": "joined", "room": room, "user_id": claims.user_id})
+                effects.append(Broadcast(others, ev, EPHEMERAL))
+        return JoinResult(r, False, list(r.users)), effects
+
+    def leave(self, conn: Conn, room: str, cmd_id: Any = None) -> list[Effect]:
+        key = self.check_access(conn, room, cmd_id)
+        r = self.rooms.get(key)
+        if r is None or conn.id not in r.conns:
+            raise ProtocolError(P.NOT_FOUND, "not in this room", cmd_id)
+        return self._leave(conn, r)
+
+    def _leave(self, conn: Conn, r: Room) -> list[Effect]:
+        effects: list[Effect] = []
+        del r.conns[conn.id]
+        r.replaying.pop(conn.id, None)
+        conn.rooms.discard(r.key)
+        claims = conn.claims
+        assert claims is not None
+        n = r.users[claims.user_id] - 1
+        if n:
+            r.users[claims.user_id] = n
+        else:
+            del r.users[claims.user_id]
+            r.typing.pop(claims.user_id, None)
+            if r.conns:
+                ev = orjson.dumps({"ev": "left", "room": r.name, "user_id": claims.user_id})
+                effects.append(Broadcast(list(r.conns.values()), ev, EPHEMERAL))
+        if not r.conns:
+            del self.rooms[r.key]
+            effects.append(Unsubscribe(r.key))
+        return effects
+
+    def member_room(self, conn: Conn, room: str, cmd_id: Any = None) -> Room:
+        """The room ``conn`` has joined, or ``forbidden``."""
+        key = self.check_access(conn, room, cmd_id)
+        r = self.rooms.get(key)
+        if r is None or conn.id not in r.conns:
+            raise ProtocolError(P.FORBIDDEN, "join the room first", cmd_id)
+        return r
+
+    # ------------------------------------------------------------ messages
+
+    def prepare_send(
+        self, conn: Conn, room: str, text: str, *, now_ms: int, msg_id: str,
+        client_msg_id: str | None = None, reply_to: int | None = None, cmd_id: Any = None,
+    ) -> NewMessage:
+        """Validate a ``send`` and build the record to store."""
+        r = self.member_room(conn, room, cmd_id)
+        claims = conn.claims
+        assert claims is not None
+        if reply_to is not None and r.last_seq >= 0 and reply_to > r.last_seq:
+            raise ProtocolError(P.NOT_FOUND, f"no message {reply_to} to reply to", cmd_id)
+        return NewMessage(
+            tenant_id=r.tenant_id, room=room, sender=claims.user_id, text=text, ts=now_ms,
+            msg_id=msg_id, client_msg_id=client_msg_id, reply_to=reply_to,
+        )
+
+    @staticmethod
+    def encode_message(m: StoredMessage) -> bytes:
+        """The ``message`` event of a stored message, encoded once for every recipient."""
+        ev: dict[str, Any] = {
+            "ev": "message", "room": m.room, "seq": m.seq, "msg_id": m.msg_id,
+            "from": m.sender, "text": m.text, "ts": m.ts,
+        }
+        if m.client_msg_id is not None:
+            ev["client_msg_id"] = m.client_msg_id
+        if m.reply_to is not None:
+            ev["reply_to"] = m.reply_to
+        if m.edited_at is not None:
+            ev["edited_at"] = m.edited_at
+        if m.deleted:
+            ev["deleted"] = True
+        return orjson.dumps(ev)
+
+    def note_seq(self, key: str, seq: int) -> None:
+        """Record that the room has a stored message ``seq`` (delivered by another path)."""
+        r = self.rooms.get(key)
+        if r is not None and seq > r.last_seq:
+            r.last_seq = seq
+
+    def deliver(self, key: str, origin: str, seq: int, payload: bytes, kind: int = MESSAGE) -> list[Effect]:
+        """Fan a room event out to the room's local connections except ``origin``.
+
+        ``seq`` > 0 marks a stored message: it advances the room's ``last_seq`` and is
+        held back for connections that are replaying history.
+        """
+        r = self.rooms.get(key)
+        if r is None:
+            return []
+        if seq > 0 and seq > r.last_seq:
+            r.last_seq = seq
+        if not r.replaying:
+            targets = [c for cid, c in r.conns.items() if cid != origin]
+            return [Broadcast(targets, payload, kind)] if targets else []
+        effects: list[Effect] = []
+        targets = []
+        for cid, c in r.conns.items():
+            if cid == origin:
+                continue
+            held = r.replaying.get(cid)
+            if held is None or seq <= 0:
+                targets.append(c)
+            elif len(held) >= self.limits.max_replay_buffer:
+                r.replaying.pop(cid)
+                effects.append(Close(c, P.CLOSE_TRY_AGAIN, "fell behind during replay; reconnect with since_seq"))
+            else:
+                held.append((seq, payload))
+        if targets:
+            effects.insert(0, Broadcast(targets, payload, kind))
+        return effects
+
+    def finish_replay(self, conn: Conn, key: str, replayed_to: int) -> list[Effect]:
+        """End a replay that sent every message up to ``replayed_to``: release the live
+        messages held meanwhile, skipping those the replay already covered."""
+        r = self.rooms.get(key)
+        if r is None:
+            return []
+        held = r.replaying.pop(conn.id, None)
+        if not held:
+            return []
+        held.sort(key=lambda t: t[0])
+        out: list[Effect] = []
+        last = replayed_to
+        for seq, payload in held:
+            if seq > last:
+                out.append(Send(conn, payload, MESSAGE))
+                last = seq
+        return out
+
+    # ------------------------------------------------------------ ephemeral
+
+    def typing(self, conn: Conn, room: str, state: str, now: float, cmd_id: Any = None) -> list[Effect]:
+        """``typing`` start/stop to the room's other users; repeated starts within the
+        lapse period are coalesced, a start lapses after ``typing_timeout``."""
+        r = self.member_room(conn, room, cmd_id)
+        uid = conn.claims.user_id  # type: ignore[union-attr]
+        if state == "start":
+            lapse = r.typing.get(uid)
+            r.typing[uid] = now + self.limits.typing_timeout
+            if lapse is not None and lapse > now:
+                return []
+        else:
+            if r.typing.pop(uid, None) is None:
+                return []
+        return self._to_others(r, uid, {"ev": "typing", "room": r.name, "user_id": uid, "state": state})
+
+    def _to_others(self, r: Room, uid: int, ev: dict[str, Any]) -> list[Effect]:
+        targets = [c for c in r.conns.values() if c.claims is not None and c.claims.user_id != uid]
+        return [Broadcast(targets, orjson.dumps(ev), EPHEMERAL)] if targets else []
+
+    def tick(self, now: float) -> list[Effect]:
+        """Timers: typing starts that lapsed become ``stop`` events."""
+        effects: list[Effect] = []
+        for r in self.rooms.values():
+            if not r.typing:
+                continue
+            for uid, lapse in list(r.typing.items()):
+                if lapse <= now:
+                    del r.typing[uid]
+                    effects.extend(
+                        self._to_others(r, uid, {"ev": "typing", "room": r.name, "user_id": uid, "state": "stop"})
+                    )
+        return effects

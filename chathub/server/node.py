@@ -1,0 +1,545 @@
+"""The node: composition root of one hub process.
+
+It owns the sans-I/O ``Hub``, a ``MessageStore`` and a ``Broker``, runs each command's
+recipe (validate in the hub → store → publish → fan out), executes the hub's effects on
+connection handles, and runs the timers (auth timeout, heartbeat, idle timeout, typing
+lapse, retention). It knows nothing of picows: a connection handle is any object with
+the ``ConnHandle`` methods, so tests drive a node with in-memory handles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from typing import Any, Awaitable, Callable, Protocol
+
+import orjson
+
+from chathub import auth
+from chathub import speedups
+from chathub.broker.base import Broker, BrokerUnavailable
+from chathub.config import HubConfig
+from chathub.core import protocol as P
+from chathub.core.hub import (
+    EPHEMERAL,
+    MESSAGE,
+    Broadcast,
+    Claims,
+    Close,
+    Conn,
+    Effect,
+    Hub,
+    HubLimits,
+    Send,
+    Subscribe,
+    Unsubscribe,
+    room_key,
+)
+from chathub.core.protocol import Command, ProtocolError
+from chathub.store.base import (
+    CommitUnknown, InvalidMessage, MessageStore, NewMessage, NotFound, StoredMessage, StoreUnavailable,
+)
+
+log = logging.getLogger("chathub.node")
+
+GZIP_THRESHOLD = 1024
+REPLAY_PAGE = 200
+MAX_INFLIGHT_PER_CONN = 32
+
+
+class ConnHandle(Protocol):
+    """What the node needs of a transport-level connection."""
+
+    last_rx: float
+
+    def send_text(self, payload: bytes, kind: int) -> None: ...
+
+    def send_binary(self, payload: bytes, kind: int) -> None: ...
+
+    def close(self, code: int, reason: str) -> None: ...
+
+    def ping(self) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+def _user_channel(tenant_id: int, user_id: int) -> str:
+    return f"u/{tenant_id}/{user_id}"
+
+
+def message_dict(m: StoredMessage) -> dict[str, Any]:
+    d: dict[str, Any] = {"room": m.room, "seq": m.seq, "msg_id": m.msg_id, "from": m.sender, "text": m.text, "ts": m.ts}
+    if m.client_msg_id is not None:
+        d["client_msg_id"] = m.client_msg_id
+    if m.reply_to is not None:
+        d["reply_to"] = m.reply_to
+    if m.edited_at is not None:
+        d["edited_at"] = m.edited_at
+    if m.deleted:
+        d["deleted"] = True
+    return d
+
+
+class Node:
+    def __init__(
+        self,
+        cfg: HubConfig,
+        store: MessageStore,
+        broker: Broker,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.broker = broker
+        self.clock = clock
+        self.wall_ms = wall_ms
+        self.hub = Hub(
+            HubLimits(
+                max_connections_per_user=cfg.max_connections_per_user,
+                max_rooms_per_connection=cfg.max_rooms_per_connection,
+                heartbeat_interval=cfg.heartbeat_interval,
+                typing_timeout=cfg.typing_timeout,
+                max_replay_buffer=cfg.message_queue_size,
+            )
+        )
+        self.dev_secret: str | None = None
+        self._auth_cfg = cfg
+        if cfg.dev_mode:
+            self.dev_secret = auth.generate_secret()
+            import dataclasses
+
+            self._auth_cfg = dataclasses.replace(cfg, jwt_secret=self.dev_secret)
+        broker.set_handler(self._on_broker)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._inflight: dict[str, int] = {}
+        self._timers: list[asyncio.Task[Any]] = []
+        self.started = False
+        self.stats = {"commands": 0, "errors": 0, "delivered": 0}
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.broker.start()
+        self._timers.append(asyncio.create_task(self._tick_loop()))
+        self._timers.append(asyncio.create_task(self._heartbeat_loop()))
+        if self.cfg.retention_max_age_s or self.cfg.retention_max_per_room:
+            self._timers.append(asyncio.create_task(self._retention_loop()))
+        self.started = True
+
+    async def stop(self, code: int = P.CLOSE_GOING_AWAY, reason: str = "server shutting down") -> None:
+        for t in self._timers:
+            t.cancel()
+        for conn in list(self.hub.conns.values()):
+            if conn.handle is not None:
+                conn.handle.close(code, reason)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        await self.broker.close()
+        await self.store.close()
+
+    def token_for(self, user_id: int, tenant_id: int = 0, **kw: Any) -> str:
+        secret = self._auth_cfg.jwt_secret
+        if secret is None:
+            raise RuntimeError("tokens can be minted only with an HS* secret")
+        return auth.mint_token(secret, user_id, tenant_id, algorithm=self.cfg.jwt_algorithm, **kw)
+
+    # ------------------------------------------------------------ connections
+
+    def open(self, handle: ConnHandle, *, token: str | None = None, gzip: bool = False) -> Conn:
+        """A WebSocket connection was upgraded. Authenticate now (token in the URL) or
+        within ``auth_timeout`` (first frame ``auth``)."""
+        conn = self.hub.connect(self.clock(), handle)
+        if token is not None:
+            self._authenticate(conn, token, gzip, None)
+        else:
+            asyncio.get_running_loop().call_later(self.cfg.auth_timeout, self._auth_deadline, conn)
+        return conn
+
+    def _auth_deadline(self, conn: Conn) -> None:
+        if conn.claims is None and conn.id in self.hub.conns and conn.handle is not None:
+            conn.handle.close(P.CLOSE_UNAUTHORIZED, "authentication timed out")
+
+    def _authenticate(self, conn: Conn, token: str, gzip: bool, cmd_id: Any) -> None:
+        try:
+            claims = auth.verify_token(token, self._auth_cfg, time.time())
+        except auth.AuthError as e:
+            h = conn.handle
+            if cmd_id is not None:
+                h.send_text(P.reply_error(cmd_id, P.UNAUTHORIZED, str(e)), MESSAGE)
+            else:
+                h.send_text(P.error_event(P.UNAUTHORIZED, str(e)), MESSAGE)
+            h.close(P.CLOSE_UNAUTHORIZED, str(e))
+            return
+        effects = self.hub.authenticate(conn, claims, self.wall_ms(), gzip=gzip and self.cfg.enable_compression)
+        if conn.claims is not None:
+            mine = self.hub.user_conns(claims.tenant_id, claims.user_id)
+            if len(mine) == 1:
+                effects.append(Subscribe(_user_channel(claims.tenant_id, claims.user_id)))
+            if cmd_id is not None:
+                effects.append(Send(conn, P.reply_ok(cmd_id, conn_id=conn.id, user_id=claims.user_id,
+                                                     tenant_id=claims.tenant_id)))
+        self.execute(effects)
+
+    def closed(self, conn: Conn) -> None:
+        """The transport is gone."""
+        claims = conn.claims
+        effects = self.hub.disconnect(conn)
+        if claims is not None and not self.hub.user_conns(claims.tenant_id, claims.user_id):
+            effects.append(Unsubscribe(_user_channel(claims.tenant_id, claims.user_id)))
+        self._inflight.pop(conn.id, None)
+        conn.handle = None
+        self.execute(effects)
+
+    # ------------------------------------------------------------ effects
+
+    def execute(self, effects: list[Effect]) -> None:
+        for e in effects:
+            if type(e) is Broadcast:
+                self._broadcast(e.conns, e.payload, e.kind)
+            elif type(e) is Send:
+                self._broadcast((e.conn,), e.payload, e.kind)
+            elif type(e) is Close:
+                if e.conn.handle is not None:
+                    e.conn.handle.close(e.code, e.reason)
+            elif type(e) is Subscribe:
+                self.broker.subscribe(e.channel)
+            elif type(e) is Unsubscribe:
+                self.broker.unsubscribe(e.channel)
+
+    def _broadcast(self, conns: Any, payload: bytes, kind: int) -> None:
+        gz: bytes | None = None
+        big = len(payload) > GZIP_THRESHOLD
+        n = 0
+        for c in conns:
+            h = c.handle
+            if h is None:
+                continue
+            if big and c.gzip:
+                if gz is None:
+                    gz = speedups.gzip_compress(payload)
+                h.send_binary(gz, kind)
+            else:
+                h.send_text(payload, kind)
+            n += 1
+        self.stats["delivered"] += n
+
+    def _reply(self, conn: Conn, cmd: Command, **result: Any) -> None:
+        if cmd.has_id and conn.handle is not None:
+            self._broadcast((conn,), P.reply_ok(cmd.id, **result), MESSAGE)
+
+    def _fail(self, conn: Conn, cmd_id: Any, code: str, message: str, **extra: Any) -> None:
+        self.stats["errors"] += 1
+        if conn.handle is not None:
+            self._broadcast((conn,), P.reply_error(cmd_id, code, message, **extra), MESSAGE)
+
+    # ------------------------------------------------------------ broker
+
+    def _publish(self, channel: str, origin: str, seq: int, payload: bytes) -> Awaitable[None]:
+        return self.broker.publish(channel, b"%s %d %s" % (origin.encode(), seq, payload))
+
+    def _on_broker(self, channel: str, data: bytes) -> None:
+        origin, seq_s, payload = data.split(b" ", 2)
+        seq = int(seq_s)
+        kind = MESSAGE if seq > 0 or payload.startswith(b'{"ev":"message"') else EPHEMERAL
+        if channel.startswith("u/"):
+            _, tid, uid = channel.split("/")
+            o = origin.decode()
+            targets = [c for c in self.hub.user_conns(int(tid), int(uid)) if c.id != o]
+            self._broadcast(targets, payload, kind)
+        else:
+            self.execute(self.hub.deliver(channel, origin.decode(), seq, payload, kind))
+
+    # ------------------------------------------------------------ commands
+
+    def on_text(self, conn: Conn, data: bytes) -> None:
+        """One complete text message from the client."""
+        self.stats["commands"] += 1
+        try:
+            cmd = P.parse_command(data)
+        except ProtocolError as e:
+            self._fail(conn, e.cmd_id, e.code, e.message, **e.extra)
+            return
+        if conn.claims is None:
+            if cmd.op == "auth":
+                self._authenticate(conn, cmd.args["token"], cmd.args["compression"] == "gzip", cmd.id)
+            else:
+                self._fail(conn, cmd.id, P.UNAUTHORIZED, "authenticate first")
+            return
+        handler = self._ops.get(cmd.op)
+        try:
+            if handler is not None:
+                handler(self, conn, cmd)
+            else:
+                self._spawn(conn, cmd, self._async_ops[cmd.op](self, conn, cmd))
+        except ProtocolError as e:
+            self._fail(conn, cmd.id, e.code, e.message, **e.extra)
+
+    def on_binary(self, conn: Conn) -> None:
+        self._fail(conn, None, P.BAD_REQUEST, "binary frames are not accepted; send JSON text frames")
+
+    def _spawn(self, conn: Conn, cmd: Command, coro: Awaitable[None]) -> None:
+        n = self._inflight.get(conn.id, 0) + 1
+        self._inflight[conn.id] = n
+        if n == MAX_INFLIGHT_PER_CONN and conn.handle is not None:
+            conn.handle.pause_reading()
+        task = asyncio.ensure_future(self._run(conn, cmd, coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, conn: Conn, cmd: Command, coro: Awaitable[None]) -> None:
+        try:
+            await coro
+        except ProtocolError as e:
+            self._fail(conn, cmd.id, e.code, e.message, **e.extra)
+        except CommitUnknown:
+            self._fail(conn, cmd.id, P.UNAVAILABLE,
+                       "message store failed while committing; the message may or may not be stored: "
+                       "retry with the same client_msg_id")
+        except StoreUnavailable:
+            self._fail(conn, cmd.id, P.UNAVAILABLE, "message store unavailable; nothing was stored, try again")
+        except InvalidMessage as e:
+            self._fail(conn, cmd.id, P.BAD_REQUEST, str(e))
+        except BrokerUnavailable:
+            self._fail(conn, cmd.id, P.UNAVAILABLE, "broker unavailable")
+        except Exception:
+            log.exception("internal error in op %s", cmd.op)
+            self._fail(conn, cmd.id, P.INTERNAL, "internal error")
+        finally:
+            n = self._inflight.get(conn.id)
+            if n is not None:
+                self._inflight[conn.id] = n - 1
+                if n == MAX_INFLIGHT_PER_CONN and conn.handle is not None:
+                    conn.handle.resume_reading()
+
+    # sync ops -------------------------------------------------------
+
+    def _op_auth(self, conn: Conn, cmd: Command) -> None:
+        raise ProtocolError(P.CONFLICT, "already authenticated", cmd.id)
+
+    def _op_ping(self, conn: Conn, cmd: Command) -> None:
+        if cmd.has_id:
+            self._reply(conn, cmd, pong=True, server_time=self.wall_ms())
+
+    def _op_leave(self, conn: Conn, cmd: Command) -> None:
+        self.execute(self.hub.leave(conn, cmd.args["room"], cmd.id))
+        self._reply(conn, cmd, room=cmd.args["room"])
+
+    def _op_typing(self, conn: Conn, cmd: Command) -> None:
+        self.execute(self.hub.typing(conn, cmd.args["room"], cmd.args["state"], self.clock(), cmd.id))
+        self._reply(conn, cmd)
+
+    def _op_presence(self, conn: Conn, cmd: Command) -> None:
+        r = self.hub.member_room(conn, cmd.args["room"], cmd.id)
+        users = [{"user_id": uid, "status": "online"} for uid in sorted(r.users)]
+        self._reply(conn, cmd, room=r.name, users=users)
+
+    # async ops ------------------------------------------------------
+
+    async def _op_join(self, conn: Conn, cmd: Command) -> None:
+        room = cmd.args["room"]
+        since = cmd.args["since_seq"]
+        res, effects = self.hub.join(conn, room, replay=since is not None, cmd_id=cmd.id)
+        self.execute(effects)
+        r = res.room
+        claims = conn.claims
+        assert claims is not None
+        try:
+            if r.last_seq < 0:
+                last = await self.store.last_seq(r.tenant_id, room)
+                r.last_seq = max(r.last_seq, last)
+            unread = await self.store.unread_count(r.tenant_id, room, claims.user_id)
+            if since is None:
+                self._reply(conn, cmd, room=room, last_seq=r.last_seq, members=sorted(r.users), unread=unread)
+                return
+            rep = await self.store.replay(r.tenant_id, room, since, REPLAY_PAGE)
+        except BaseException:
+            if conn.handle is not None and r.key in conn.rooms and not res.already:
+                self.execute(self.hub.leave(conn, room))
+            raise
+        self._reply(
+            conn, cmd, room=room, last_seq=max(r.last_seq, rep.last_seq), members=sorted(r.users),
+            unread=unread, recovered=rep.complete,
+        )
+        sent = since
+        while True:
+            if conn.handle is None or r.key not in conn.rooms:
+                return
+            for m in rep.messages:
+                if m.seq > sent:
+                    self._broadcast((conn,), Hub.encode_message(m), MESSAGE)
+                    sent = m.seq
+            if len(rep.messages) < REPLAY_PAGE:
+                break
+            rep = await self.store.replay(r.tenant_id, room, sent, REPLAY_PAGE)
+        self.execute(self.hub.finish_replay(conn, r.key, sent))
+
+    async def _op_send(self, conn: Conn, cmd: Command) -> None:
+        a = cmd.args
+        new = self.hub.prepare_send(
+            conn, a["room"], a["text"], now_ms=self.wall_ms(), msg_id=uuid.uuid4().hex,
+            client_msg_id=a["client_msg_id"], reply_to=a["reply_to"], cmd_id=cmd.id,
+        )
+        await self._store_and_publish(conn, cmd, new, [room_key(new.tenant_id, new.room)])
+
+    async def _store_and_publish(self, conn: Conn, cmd: Command, new: NewMessage, channels: list[str]) -> None:
+        """Store, then publish: the ack goes out only after the commit."""
+        res = await self.store.append(new)
+        m = res.message
+        if not res.duplicate:
+            payload = Hub.encode_message(m)
+            for ch in channels:
+                await self._publish(ch, conn.id, m.seq, payload)
+            self.hub.note_seq(room_key(m.tenant_id, m.room), m.seq)
+        result: dict[str, Any] = {"room": m.room, "seq": m.seq, "msg_id": m.msg_id, "ts": m.ts}
+        if res.duplicate:
+            result["duplicate"] = True
+        self._reply(conn, cmd, **result)
+
+    async def _op_dm(self, conn: Conn, cmd: Command) -> None:
+        """A direct message reaches every connection of both users (their user channels)."""
+        claims = conn.claims
+        assert claims is not None
+        to = cmd.args["to"]
+        room = P.dm_room(claims.user_id, to)
+        new = NewMessage(
+            tenant_id=claims.tenant_id, room=room, sender=claims.user_id, text=cmd.args["text"],
+            ts=self.wall_ms(), msg_id=uuid.uuid4().hex, client_msg_id=cmd.args["client_msg_id"],
+        )
+        channels = [_user_channel(claims.tenant_id, claims.user_id)]
+        if to != claims.user_id:
+            channels.append(_user_channel(claims.tenant_id, to))
+        await self._store_and_publish(conn, cmd, new, channels)
+
+    async def _op_history(self, conn: Conn, cmd: Command) -> None:
+        a = cmd.args
+        self.hub.check_access(conn, a["room"], cmd.id)
+        claims = conn.claims
+        assert claims is not None
+        page = await self.store.history(
+            claims.tenant_id, a["room"], before_seq=a["before_seq"], after_seq=a["after_seq"],
+            limit=a["limit"] or P.HISTORY_DEFAULT_LIMIT,
+        )
+        self._reply(conn, cmd, room=a["room"], messages=[message_dict(m) for m in page.messages], has_more=page.has_more)
+
+    async def _op_read(self, conn: Conn, cmd: Command) -> None:
+        r = self.hub.member_room(conn, cmd.args["room"], cmd.id)
+        claims = conn.claims
+        assert claims is not None
+        seq = cmd.args["seq"]
+        if r.last_seq >= 0 and seq > r.last_seq:
+            raise ProtocolError(P.BAD_REQUEST, f"seq {seq} is beyond the room's last message ({r.last_seq})", cmd.id)
+        pos = await self.store.set_read(r.tenant_id, r.name, claims.user_id, seq)
+        ev = orjson.dumps({"ev": "receipt", "room": r.name, "user_id": claims.user_id, "seq": pos})
+        await self._publish(r.key, conn.id, 0, ev)
+        self._reply(conn, cmd, room=r.name, seq=pos)
+
+    async def _op_edit(self, conn: Conn, cmd: Command) -> None:
+        await self._modify(conn, cmd, edit=True)
+
+    async def _op_delete(self, conn: Conn, cmd: Command) -> None:
+        await self._modify(conn, cmd, edit=False)
+
+    async def _modify(self, conn: Conn, cmd: Command, *, edit: bool) -> None:
+        a = cmd.args
+        r = self.hub.member_room(conn, a["room"], cmd.id)
+        claims = conn.claims
+        assert claims is not None
+        page = await self.store.history(r.tenant_id, r.name, after_seq=a["seq"] - 1, limit=1)
+        if not page.messages or page.messages[0].seq != a["seq"]:
+            raise ProtocolError(P.NOT_FOUND, f"no message {a['seq']} in this room", cmd.id)
+        orig = page.messages[0]
+        if orig.deleted:
+            raise ProtocolError(P.NOT_FOUND, f"message {a['seq']} was deleted", cmd.id)
+        is_author = orig.sender == claims.user_id
+        if edit and not is_author:
+            raise ProtocolError(P.FORBIDDEN, "only the author can edit a message", cmd.id)
+        if not edit and not is_author and not ({"admin", "moderator"} & set(claims.roles)):
+            raise ProtocolError(P.FORBIDDEN, "only the author or a moderator can delete a message", cmd.id)
+        now = self.wall_ms()
+        try:
+            m = await (self.store.edit(r.tenant_id, r.name, a["seq"], a["text"], now) if edit
+                       else self.store.delete(r.tenant_id, r.name, a["seq"], now))
+        except NotFound:
+            raise ProtocolError(P.NOT_FOUND, f"no message {a['seq']} in this room", cmd.id) from None
+        ev: dict[str, Any] = {"ev": "edited" if edit else "deleted", "room": r.name, "seq": m.seq, "by": claims.user_id, "ts": now}
+        if edit:
+            ev["text"] = m.text
+        await self._publish(r.key, conn.id, 0, orjson.dumps(ev))
+        self._reply(conn, cmd, room=r.name, seq=m.seq)
+
+    async def _op_not_yet(self, conn: Conn, cmd: Command) -> None:
+        raise ProtocolError(P.BAD_REQUEST, f"op '{cmd.op}' is not supported by this server version", cmd.id)
+
+    _ops: dict[str, Callable[["Node", Conn, Command], None]] = {
+        "auth": _op_auth,
+        "ping": _op_ping,
+        "leave": _op_leave,
+        "typing": _op_typing,
+        "presence": _op_presence,
+    }
+    _async_ops: dict[str, Callable[["Node", Conn, Command], Awaitable[None]]] = {
+        "join": _op_join,
+        "send": _op_send,
+        "dm": _op_dm,
+        "history": _op_history,
+        "read": _op_read,
+        "edit": _op_edit,
+        "delete": _op_delete,
+        "react": _op_not_yet,
+        "create_room": _op_not_yet,
+        "invite": _op_not_yet,
+        "kick": _op_not_yet,
+        "ban": _op_not_yet,
+        "unban": _op_not_yet,
+        "mute": _op_not_yet,
+        "unmute": _op_not_yet,
+    }
+
+    # ------------------------------------------------------------ timers
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.execute(self.hub.tick(self.clock()))
+            except Exception:  # pragma: no cover - defensive
+                log.exception("tick failed")
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.cfg.heartbeat_interval
+        timeout = self.cfg.connection_timeout
+        while True:
+            await asyncio.sleep(interval)
+            now = self.clock()
+            for conn in list(self.hub.conns.values()):
+                h = conn.handle
+                if h is None:
+                    continue
+                if now - h.last_rx > timeout:
+                    h.close(P.CLOSE_GOING_AWAY, "idle timeout")
+                else:
+                    h.ping()
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            try:
+                apply = getattr(self.store, "apply_retention", None)
+                if apply is not None:
+                    await apply(self.wall_ms())
+            except StoreUnavailable:
+                pass
+            except Exception:  # pragma: no cover - defensive
+                log.exception("retention failed")
+
+
+def new_node_id() -> str:
+    return os.urandom(4).hex()
