@@ -1,0 +1,1 @@
+"""The node (composition root) and the picows adapter."""
