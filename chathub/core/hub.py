@@ -66,15 +66,69 @@ class Conn:
         return f"Conn({self.id!r}, {self.claims!r})"
 
 
+OWNER = "owner"
+MODERATOR = "moderator"
+MEMBER = "member"
+ADMIN = "admin"  # tenant admin (token role): owner powers in every room of the tenant
+ROOM_ROLES = (OWNER, MODERATOR, MEMBER)
+
+
+@dataclass(slots=True)
+class RoomMeta:
+    """What the hub must know of a room to admit and moderate: kept while it is active.
+
+    ``roles`` holds the room's members (user id -> owner / moderator / member): for a
+    private room, the only users admitted. ``bans``/``mutes`` map user ids to when the
+    sanction ends (ms since the epoch) or None for indefinitely.
+    """
+
+    private: bool = False
+    roles: dict[int, str] = field(default_factory=dict)
+    bans: dict[int, int | None] = field(default_factory=dict)
+    mutes: dict[int, int | None] = field(default_factory=dict)
+    dm: bool = False
+
+    def role(self, claims: Claims) -> str | None:
+        """The user's effective role: admin (token), owner, moderator (room or token), member."""
+        if ADMIN in claims.roles:
+            return ADMIN
+        r = self.roles.get(claims.user_id)
+        if r in (OWNER, MODERATOR):
+            return r
+        if MODERATOR in claims.roles:
+            return MODERATOR
+        return r
+
+    def can_moderate(self, claims: Claims) -> bool:
+        return self.role(claims) in (ADMIN, OWNER, MODERATOR)
+
+    @staticmethod
+    def _active(table: dict[int, int | None], uid: int, now_ms: int) -> tuple[bool, int | None]:
+        if uid not in table:
+            return False, None
+        until = table[uid]
+        if until is not None and until <= now_ms:
+            del table[uid]
+            return False, None
+        return True, until
+
+    def banned(self, uid: int, now_ms: int) -> tuple[bool, int | None]:
+        return self._active(self.bans, uid, now_ms)
+
+    def muted(self, uid: int, now_ms: int) -> tuple[bool, int | None]:
+        return self._active(self.mutes, uid, now_ms)
+
+
 class Room:
     """A room active on this node: its local member connections."""
 
-    __slots__ = ("key", "tenant_id", "name", "conns", "users", "last_seq", "replaying", "typing")
+    __slots__ = ("key", "tenant_id", "name", "conns", "users", "last_seq", "replaying", "typing", "meta")
 
-    def __init__(self, key: str, tenant_id: int, name: str) -> None:
+    def __init__(self, key: str, tenant_id: int, name: str, meta: RoomMeta | None = None) -> None:
         self.key = key
         self.tenant_id = tenant_id
         self.name = name
+        self.meta = meta or RoomMeta()
         self.conns: dict[str, Conn] = {}
         self.users: dict[int, int] = {}  # user id -> local connections joined
         self.last_seq = -1  # -1: not known yet on this node
@@ -223,14 +277,33 @@ class Hub:
                 raise ProtocolError(P.FORBIDDEN, "not a participant of this direct room", cmd_id)
         return room_key(claims.tenant_id, room)
 
-    def join(self, conn: Conn, room: str, *, replay: bool, cmd_id: Any = None) -> tuple[JoinResult, list[Effect]]:
+    def active_meta(self, tenant_id: int, room: str) -> RoomMeta | None:
+        """The metadata of a room active on this node (None: load it from the store)."""
+        r = self.rooms.get(room_key(tenant_id, room))
+        return r.meta if r is not None else None
+
+    def admit(self, claims: Claims, meta: RoomMeta, now_ms: int, cmd_id: Any = None) -> None:
+        """Raise unless the user may join a room with ``meta``."""
+        banned, until = meta.banned(claims.user_id, now_ms)
+        if banned and ADMIN not in claims.roles:
+            extra = {"until": until} if until is not None else {}
+            raise ProtocolError(P.BANNED, "you are banned from this room", cmd_id, **extra)
+        if meta.private and meta.role(claims) is None:
+            raise ProtocolError(P.FORBIDDEN, "this room is private: an invitation is needed", cmd_id)
+
+    def join(
+        self, conn: Conn, room: str, *, replay: bool, cmd_id: Any = None,
+        meta: RoomMeta | None = None, now_ms: int = 0,
+    ) -> tuple[JoinResult, list[Effect]]:
         """Add ``conn`` to ``room``. With ``replay``, live messages for this connection are
-        held back until ``finish_replay``."""
+        held back until ``finish_replay``. ``meta`` is the room's metadata when the room is
+        not active on this node yet (the caller loaded it); an active room's own is used."""
         key = self.check_access(conn, room, cmd_id)
         claims = conn.claims
         assert claims is not None
         effects: list[Effect] = []
         r = self.rooms.get(key)
+        self.admit(claims, r.meta if r is not None else (meta or RoomMeta()), now_ms, cmd_id)
         if r is not None and conn.id in r.conns:
             if replay:
                 r.replaying[conn.id] = []
@@ -242,7 +315,7 @@ class Hub:
                 cmd_id,
             )
         if r is None:
-            r = self.rooms[key] = Room(key, claims.tenant_id, room)
+            r = self.rooms[key] = Room(key, claims.tenant_id, room, meta)
             effects.append(Subscribe(key))
         r.conns[conn.id] = conn
         conn.rooms.add(key)
@@ -303,6 +376,10 @@ class Hub:
         r = self.member_room(conn, room, cmd_id)
         claims = conn.claims
         assert claims is not None
+        muted, until = r.meta.muted(claims.user_id, now_ms)
+        if muted:
+            extra = {"until": until} if until is not None else {}
+            raise ProtocolError(P.MUTED, "you are muted in this room", cmd_id, **extra)
         if reply_to is not None and r.last_seq >= 0 and reply_to > r.last_seq:
             raise ProtocolError(P.NOT_FOUND, f"no message {reply_to} to reply to", cmd_id)
         return NewMessage(
@@ -381,6 +458,53 @@ class Hub:
                 out.append(Send(conn, payload, MESSAGE))
                 last = seq
         return out
+
+    # ------------------------------------------------------------ moderation
+
+    def apply_control(self, key: str, ctl: dict[str, Any]) -> list[Effect]:
+        """Apply a room change published by any node (ban, mute, kick, role, invite,
+        delete) to the room's cached metadata and its local connections."""
+        r = self.rooms.get(key)
+        if r is None:
+            return []
+        action = ctl["action"]
+        uid = ctl.get("user_id")
+        meta = r.meta
+        effects: list[Effect] = []
+        if action == "ban":
+            meta.bans[uid] = ctl.get("until")
+            effects += self._remove_user(r, uid)
+        elif action == "unban":
+            meta.bans.pop(uid, None)
+        elif action == "mute":
+            meta.mutes[uid] = ctl.get("until")
+        elif action == "unmute":
+            meta.mutes.pop(uid, None)
+        elif action == "kick":
+            if meta.private and meta.roles.get(uid) != OWNER:
+                meta.roles.pop(uid, None)
+            effects += self._remove_user(r, uid)
+        elif action == "invite":
+            meta.roles.setdefault(uid, MEMBER)
+        elif action == "role":
+            if ctl.get("role") is None:
+                meta.roles.pop(uid, None)
+            else:
+                meta.roles[uid] = ctl["role"]
+        elif action == "delete_room":
+            ev = orjson.dumps({"ev": "moderation", "room": r.name, "action": "delete_room", "reason": ctl.get("reason")})
+            targets = list(r.conns.values())
+            effects.append(Broadcast(targets, ev, MESSAGE))
+            for c in targets:
+                effects += self._leave(c, r)
+        return effects
+
+    def _remove_user(self, r: Room, uid: int) -> list[Effect]:
+        effects: list[Effect] = []
+        for c in [c for c in r.conns.values() if c.claims is not None and c.claims.user_id == uid]:
+            if c.id in r.conns:
+                effects += self._leave(c, r)
+        return effects
 
     # ------------------------------------------------------------ ephemeral
 

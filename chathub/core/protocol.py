@@ -73,6 +73,8 @@ OPS = frozenset(
         "auth", "join", "leave", "send", "dm", "typing", "read", "history", "presence",
         "edit", "delete", "react", "create_room", "invite", "kick", "ban", "unban",
         "mute", "unmute", "ping",
+        # extensions
+        "delete_room", "members", "set_role",
     }
 )
 
@@ -191,6 +193,9 @@ _SPEC: dict[str, tuple[tuple[str, str, bool], ...]] = {
         ("room", "room", True), ("name", "str", False), ("private", "bool", False),
     ),
     "ping": (),
+    "delete_room": (("room", "room", True), ("reason", "str", False)),
+    "members": (("room", "room", True),),
+    "set_role": (("room", "room", True), ("user_id", "user", True), ("role", "role", True)),
 }
 for _op in ("invite", "kick", "ban", "unban", "mute", "unmute"):
     _SPEC[_op] = (
@@ -218,6 +223,10 @@ def _special(obj: dict[str, Any], name: str, kind: str, required: bool, cmd_id: 
         if v not in ("start", "stop"):
             raise ProtocolError(BAD_REQUEST, "'state' must be \"start\" or \"stop\"", cmd_id)
         return v
+    if kind == "role":
+        if v not in ("moderator", "member"):
+            raise ProtocolError(BAD_REQUEST, "'role' must be \"moderator\" or \"member\"", cmd_id)
+        return v
     if kind == "limit":
         if not _is_int(v) or not (1 <= v <= HISTORY_MAX_LIMIT):
             raise ProtocolError(BAD_REQUEST, f"'limit' must be an integer 1-{HISTORY_MAX_LIMIT}", cmd_id)
@@ -225,7 +234,7 @@ def _special(obj: dict[str, Any], name: str, kind: str, required: bool, cmd_id: 
     raise AssertionError(kind)  # pragma: no cover
 
 
-_SPECIAL_KINDS = frozenset({"token", "compression", "typing_state", "limit"})
+_SPECIAL_KINDS = frozenset({"token", "compression", "typing_state", "limit", "role"})
 
 
 def parse_command(data: bytes | str) -> Command:

@@ -24,8 +24,13 @@ from chathub.broker.base import Broker, BrokerUnavailable
 from chathub.config import HubConfig
 from chathub.core import protocol as P
 from chathub.core.hub import (
+    ADMIN,
     EPHEMERAL,
+    MEMBER,
     MESSAGE,
+    MODERATOR,
+    OWNER,
+    RoomMeta,
     Broadcast,
     Claims,
     Close,
@@ -40,12 +45,14 @@ from chathub.core.hub import (
 )
 from chathub.core.protocol import Command, ProtocolError
 from chathub.store.base import (
-    CommitUnknown, InvalidMessage, MessageStore, NewMessage, NotFound, StoredMessage, StoreUnavailable,
+    CommitUnknown, Conflict, InvalidMessage, MessageStore, NewMessage, NotFound, RoomRecord, Sanction,
+    StoredMessage, StoreUnavailable,
 )
 
 log = logging.getLogger("chathub.node")
 
 GZIP_THRESHOLD = 1024
+CONTROL = -1  # envelope seq of a room control event (moderation), never shown to clients
 REPLAY_PAGE = 200
 MAX_INFLIGHT_PER_CONN = 32
 
@@ -248,6 +255,9 @@ class Node:
     def _on_broker(self, channel: str, data: bytes) -> None:
         origin, seq_s, payload = data.split(b" ", 2)
         seq = int(seq_s)
+        if seq == CONTROL:
+            self.execute(self.hub.apply_control(channel, orjson.loads(payload)))
+            return
         kind = MESSAGE if seq > 0 or payload.startswith(b'{"ev":"message"') else EPHEMERAL
         if channel.startswith("u/"):
             _, tid, uid = channel.split("/")
@@ -346,11 +356,16 @@ class Node:
     async def _op_join(self, conn: Conn, cmd: Command) -> None:
         room = cmd.args["room"]
         since = cmd.args["since_seq"]
-        res, effects = self.hub.join(conn, room, replay=since is not None, cmd_id=cmd.id)
-        self.execute(effects)
-        r = res.room
         claims = conn.claims
         assert claims is not None
+        self.hub.check_access(conn, room, cmd.id)
+        meta = self.hub.active_meta(claims.tenant_id, room)
+        if meta is None:
+            meta = await self._load_meta(claims.tenant_id, room, creator=claims.user_id, cmd_id=cmd.id)
+        res, effects = self.hub.join(conn, room, replay=since is not None, cmd_id=cmd.id, meta=meta,
+                                     now_ms=self.wall_ms())
+        self.execute(effects)
+        r = res.room
         try:
             if r.last_seq < 0:
                 last = await self.store.last_seq(r.tenant_id, room)
@@ -420,9 +435,11 @@ class Node:
 
     async def _op_history(self, conn: Conn, cmd: Command) -> None:
         a = cmd.args
-        self.hub.check_access(conn, a["room"], cmd.id)
         claims = conn.claims
         assert claims is not None
+        meta = await self._meta(conn, a["room"], cmd.id, missing_ok=True)
+        if meta.role(claims) not in (ADMIN, OWNER, MODERATOR):
+            self.hub.admit(claims, meta, self.wall_ms(), cmd.id)
         page = await self.store.history(
             claims.tenant_id, a["room"], before_seq=a["before_seq"], after_seq=a["after_seq"],
             limit=a["limit"] or P.HISTORY_DEFAULT_LIMIT,
@@ -461,7 +478,7 @@ class Node:
         is_author = orig.sender == claims.user_id
         if edit and not is_author:
             raise ProtocolError(P.FORBIDDEN, "only the author can edit a message", cmd.id)
-        if not edit and not is_author and not ({"admin", "moderator"} & set(claims.roles)):
+        if not edit and not is_author and not r.meta.can_moderate(claims):
             raise ProtocolError(P.FORBIDDEN, "only the author or a moderator can delete a message", cmd.id)
         now = self.wall_ms()
         try:
@@ -475,8 +492,155 @@ class Node:
         await self._publish(r.key, conn.id, 0, orjson.dumps(ev))
         self._reply(conn, cmd, room=r.name, seq=m.seq)
 
-    async def _op_not_yet(self, conn: Conn, cmd: Command) -> None:
-        raise ProtocolError(P.BAD_REQUEST, f"op '{cmd.op}' is not supported by this server version", cmd.id)
+    # rooms and moderation ---------------------------------------------
+
+    async def _load_meta(self, tenant_id: int, room: str, *, creator: int | None = None, cmd_id: Any = None) -> RoomMeta:
+        """A room's metadata from the store. With ``creator``, a public room that does not
+        exist is created (``auto_create_rooms``); without, a missing room is ``not_found``."""
+        if room.startswith("dm:"):
+            return RoomMeta(dm=True)
+        rec = await self.store.get_room(tenant_id, room)
+        if rec is None:
+            if creator is None or not self.cfg.auto_create_rooms:
+                raise ProtocolError(P.NOT_FOUND, "no such room", cmd_id)
+            try:
+                await self.store.create_room(RoomRecord(tenant_id, room, None, False, creator, self.wall_ms()))
+            except Conflict:
+                pass  # created meanwhile
+            rec = await self.store.get_room(tenant_id, room)
+            assert rec is not None
+        roles = await self.store.get_members(tenant_id, room)
+        meta = RoomMeta(private=rec.private, roles=dict(roles))
+        for s in await self.store.get_sanctions(tenant_id, room, self.wall_ms()):
+            (meta.bans if s.kind == "ban" else meta.mutes)[s.user_id] = s.until
+        return meta
+
+    async def _meta(self, conn: Conn, room: str, cmd_id: Any, *, missing_ok: bool = False) -> RoomMeta:
+        """The room's metadata (cached while active). A missing room is ``not_found``, or,
+        with ``missing_ok`` and ``auto_create_rooms``, an empty public room."""
+        claims = conn.claims
+        assert claims is not None
+        self.hub.check_access(conn, room, cmd_id)
+        meta = self.hub.active_meta(claims.tenant_id, room)
+        if meta is not None:
+            return meta
+        try:
+            return await self._load_meta(claims.tenant_id, room, cmd_id=cmd_id)
+        except ProtocolError as e:
+            if e.code == P.NOT_FOUND and missing_ok and self.cfg.auto_create_rooms:
+                return RoomMeta()
+            raise
+
+    async def _control(self, tenant_id: int, room: str, ctl: dict[str, Any]) -> None:
+        await self._publish(room_key(tenant_id, room), "-", CONTROL, orjson.dumps(ctl))
+
+    async def _notify_user(self, tenant_id: int, user_id: int, ev: dict[str, Any]) -> None:
+        await self._publish(_user_channel(tenant_id, user_id), "-", 0, orjson.dumps(ev))
+
+    async def _op_create_room(self, conn: Conn, cmd: Command) -> None:
+        a = cmd.args
+        claims = conn.claims
+        assert claims is not None
+        if a["room"].startswith("dm:"):
+            raise ProtocolError(P.BAD_REQUEST, "dm: rooms are created by sending a dm", cmd.id)
+        rec = RoomRecord(claims.tenant_id, a["room"], a["name"], bool(a["private"]), claims.user_id, self.wall_ms())
+        try:
+            await self.store.create_room(rec)
+        except Conflict:
+            raise ProtocolError(P.CONFLICT, "a room with this name exists", cmd.id) from None
+        await self.store.set_member(claims.tenant_id, a["room"], claims.user_id, OWNER)
+        await self._control(claims.tenant_id, a["room"], {"action": "role", "user_id": claims.user_id, "role": OWNER})
+        self._reply(conn, cmd, room=a["room"], name=a["name"], private=rec.private, role=OWNER)
+
+    async def _op_delete_room(self, conn: Conn, cmd: Command) -> None:
+        a = cmd.args
+        claims = conn.claims
+        assert claims is not None
+        meta = await self._meta(conn, a["room"], cmd.id)
+        if meta.dm or meta.role(claims) not in (OWNER, ADMIN):
+            raise ProtocolError(P.FORBIDDEN, "only the owner or a tenant admin can delete a room", cmd.id)
+        await self.store.delete_room(claims.tenant_id, a["room"])
+        await self.store.audit(claims.tenant_id, a["room"], claims.user_id, "delete_room", None, a["reason"], self.wall_ms())
+        await self._control(claims.tenant_id, a["room"], {"action": "delete_room", "reason": a["reason"]})
+        self._reply(conn, cmd, room=a["room"])
+
+    async def _op_members(self, conn: Conn, cmd: Command) -> None:
+        a = cmd.args
+        claims = conn.claims
+        assert claims is not None
+        meta = await self._meta(conn, a["room"], cmd.id)
+        if meta.private and meta.role(claims) is None:
+            raise ProtocolError(P.FORBIDDEN, "this room is private", cmd.id)
+        roles = await self.store.get_members(claims.tenant_id, a["room"])
+        r = self.hub.rooms.get(room_key(claims.tenant_id, a["room"]))
+        online = set(r.users) if r is not None else set()
+        members = [{"user_id": u, "role": role, "online": u in online} for u, role in sorted(roles.items())]
+        self._reply(conn, cmd, room=a["room"], members=members)
+
+    async def _moderate(self, conn: Conn, cmd: Command) -> None:
+        """invite / kick / ban / unban / mute / unmute / set_role: owner or moderator only."""
+        a = cmd.args
+        op = cmd.op
+        claims = conn.claims
+        assert claims is not None
+        tid, room, target = claims.tenant_id, a["room"], a["user_id"]
+        meta = await self._meta(conn, room, cmd.id)
+        if meta.dm:
+            raise ProtocolError(P.FORBIDDEN, "direct rooms have no moderation", cmd.id)
+        actor_role = meta.role(claims)
+        if actor_role not in (OWNER, MODERATOR, ADMIN):
+            raise ProtocolError(P.FORBIDDEN, f"only the owner or a moderator can {op.replace('_', ' ')}", cmd.id)
+        target_role = meta.roles.get(target)
+        if op != "invite" and target_role == OWNER and actor_role != ADMIN:
+            raise ProtocolError(P.FORBIDDEN, "the owner cannot be moderated", cmd.id)
+        if op == "set_role" and actor_role not in (OWNER, ADMIN):
+            raise ProtocolError(P.FORBIDDEN, "only the owner can change roles", cmd.id)
+        if target == claims.user_id and op != "invite":
+            raise ProtocolError(P.BAD_REQUEST, "you cannot moderate yourself", cmd.id)
+        now = self.wall_ms()
+        until = now + a["duration_s"] * 1000 if a.get("duration_s") else None
+        reason = a.get("reason")
+        ctl: dict[str, Any] = {"action": op, "user_id": target}
+        if op == "invite":
+            if target_role is None:
+                await self.store.set_member(tid, room, target, MEMBER)
+        elif op == "set_role":
+            await self.store.set_member(tid, room, target, a["role"])
+            ctl = {"action": "role", "user_id": target, "role": a["role"]}
+        elif op == "kick":
+            if meta.private:
+                await self.store.set_member(tid, room, target, None)
+        elif op in ("ban", "mute"):
+            await self.store.set_sanction(tid, room, Sanction(op, target, until, reason))
+            ctl["until"] = until
+        elif op in ("unban", "unmute"):
+            await self.store.remove_sanction(tid, room, op[2:], target)
+        await self.store.audit(tid, room, claims.user_id, op, target, reason, now)
+        await self._control(tid, room, ctl)
+        ev: dict[str, Any] = {"ev": "moderation", "room": room, "action": op, "reason": reason, "by": claims.user_id}
+        if until is not None:
+            ev["until"] = until
+        if op == "set_role":
+            ev["role"] = a["role"]
+        await self._notify_user(tid, target, ev)
+        result: dict[str, Any] = {"room": room, "user_id": target, "action": op}
+        if until is not None:
+            result["until"] = until
+        self._reply(conn, cmd, **result)
+
+    async def _op_react(self, conn: Conn, cmd: Command) -> None:
+        a = cmd.args
+        r = self.hub.member_room(conn, a["room"], cmd.id)
+        claims = conn.claims
+        assert claims is not None
+        try:
+            reactions = await self.store.react(r.tenant_id, r.name, a["seq"], claims.user_id, a["emoji"], bool(a["remove"]))
+        except NotFound:
+            raise ProtocolError(P.NOT_FOUND, f"no message {a['seq']} in this room", cmd.id) from None
+        ev = {"ev": "reaction", "room": r.name, "seq": a["seq"], "user_id": claims.user_id, "emoji": a["emoji"],
+              "remove": bool(a["remove"]), "reactions": reactions}
+        await self._publish(r.key, conn.id, 0, orjson.dumps(ev))
+        self._reply(conn, cmd, room=r.name, seq=a["seq"], reactions=reactions)
 
     _ops: dict[str, Callable[["Node", Conn, Command], None]] = {
         "auth": _op_auth,
@@ -493,14 +657,17 @@ class Node:
         "read": _op_read,
         "edit": _op_edit,
         "delete": _op_delete,
-        "react": _op_not_yet,
-        "create_room": _op_not_yet,
-        "invite": _op_not_yet,
-        "kick": _op_not_yet,
-        "ban": _op_not_yet,
-        "unban": _op_not_yet,
-        "mute": _op_not_yet,
-        "unmute": _op_not_yet,
+        "react": _op_react,
+        "create_room": _op_create_room,
+        "delete_room": _op_delete_room,
+        "members": _op_members,
+        "invite": _moderate,
+        "kick": _moderate,
+        "ban": _moderate,
+        "unban": _moderate,
+        "mute": _moderate,
+        "unmute": _moderate,
+        "set_role": _moderate,
     }
 
     # ------------------------------------------------------------ timers
