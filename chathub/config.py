@@ -53,6 +53,8 @@ class HubConfig:
     # rooms and history
     auto_create_rooms: bool = True
     typing_timeout: float = 6.0
+    presence_grace: float = 5.0
+    large_room_threshold: int = 1000
     retention_max_age_s: int | None = None
     retention_max_per_room: int | None = None
     # operations
@@ -78,6 +80,8 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "rate_limit_window": (1, 86400),
     "max_message_size": (64, 64 * 1024 * 1024),
     "typing_timeout": (0.1, 3600),
+    "presence_grace": (0, 3600),
+    "large_room_threshold": (1, 10_000_000),
     "retention_max_age_s": (1, 100 * 365 * 86400),
     "retention_max_per_room": (1, 10**12),
 }

@@ -122,7 +122,10 @@ class RoomMeta:
 class Room:
     """A room active on this node: its local member connections."""
 
-    __slots__ = ("key", "tenant_id", "name", "conns", "users", "last_seq", "replaying", "typing", "meta")
+    __slots__ = (
+        "key", "tenant_id", "name", "conns", "users", "last_seq", "replaying", "typing", "meta",
+        "departing", "batch",
+    )
 
     def __init__(self, key: str, tenant_id: int, name: str, meta: RoomMeta | None = None) -> None:
         self.key = key
@@ -135,6 +138,17 @@ class Room:
         # conn id -> live messages held back while that connection replays history
         self.replaying: dict[str, list[tuple[int, bytes]]] = {}
         self.typing: dict[int, float] = {}  # user id -> when the start lapses
+        # users whose last connection closed: still shown online until the grace ends
+        self.departing: dict[int, float] = {}
+        # large rooms: joined/left/presence changes collected for one batched event a tick
+        self.batch: dict[str, Any] | None = None
+
+    def online(self) -> set[int]:
+        """Users online in the room: connected, or within the grace period."""
+        return self.users.keys() | self.departing.keys()
+
+    def size(self) -> int:
+        return len(self.users) + len(self.departing)
 
 
 @dataclass(slots=True)
@@ -178,13 +192,15 @@ class HubLimits:
     heartbeat_interval: float = 30.0
     typing_timeout: float = 6.0
     max_replay_buffer: int = 1000  # live messages held per replaying connection
+    presence_grace: float = 5.0  # seconds a user stays online after the last connection closes
+    large_room: int = 1000  # above this many online users, membership events are batched
+    presence_page: int = 100
 
 
 @dataclass(slots=True)
 class JoinResult:
     room: Room
     already: bool
-    members: list[int] = field(default_factory=list)
 
 
 def room_key(tenant_id: int, room: str) -> str:
@@ -202,6 +218,8 @@ class Hub:
         self.conns: dict[str, Conn] = {}
         self.users: dict[tuple[int, int], list[Conn]] = {}
         self.rooms: dict[str, Room] = {}
+        # (tenant, user) -> [status, since_ms] of users with a connection on this node
+        self.status: dict[tuple[int, int], list[Any]] = {}
 
     # ------------------------------------------------------------ connections
 
@@ -227,6 +245,8 @@ class Hub:
         conn.claims = claims
         conn.gzip = gzip
         self.users.setdefault(key, []).append(conn)
+        if key not in self.status:
+            self.status[key] = ["online", now_ms]
         ready = {
             "ev": "ready",
             "conn_id": conn.id,
@@ -239,13 +259,16 @@ class Hub:
             ready["name"] = claims.name
         return [Send(conn, orjson.dumps(ready))]
 
-    def disconnect(self, conn: Conn) -> list[Effect]:
-        """Forget ``conn``: it leaves its rooms (others get ``left``)."""
+    def disconnect(self, conn: Conn, now: float | None = None) -> list[Effect]:
+        """Forget ``conn``: it leaves its rooms. When it was the user's last connection in
+        a room, others get ``left`` after the grace period (``tick``), unless the user
+        comes back first; with ``now`` None, at once."""
         effects: list[Effect] = []
         if self.conns.pop(conn.id, None) is None:
             return effects
+        grace_until = None if now is None or self.limits.presence_grace <= 0 else now + self.limits.presence_grace
         for key in list(conn.rooms):
-            effects.extend(self._leave(conn, self.rooms[key]))
+            effects.extend(self._leave(conn, self.rooms[key], grace_until))
         if conn.claims is not None:
             ukey = (conn.claims.tenant_id, conn.claims.user_id)
             mine = self.users.get(ukey)
@@ -256,6 +279,7 @@ class Hub:
                     pass
                 if not mine:
                     del self.users[ukey]
+                    self.status.pop(ukey, None)
         return effects
 
     def user_conns(self, tenant_id: int, user_id: int) -> list[Conn]:
@@ -307,7 +331,7 @@ class Hub:
         if r is not None and conn.id in r.conns:
             if replay:
                 r.replaying[conn.id] = []
-            return JoinResult(r, True, list(r.users)), effects
+            return JoinResult(r, True), effects
         if len(conn.rooms) >= self.limits.max_rooms_per_connection:
             raise ProtocolError(
                 P.FORBIDDEN,
@@ -321,14 +345,32 @@ class Hub:
         conn.rooms.add(key)
         if replay:
             r.replaying[conn.id] = []
-        n = r.users.get(claims.user_id, 0)
-        r.users[claims.user_id] = n + 1
-        if n == 0:
-            others = [c for c in r.conns.values() if c.claims is not None and c.claims.user_id != claims.user_id]
-            if others:
-                ev = orjson.dumps({"ev": "joined", "room": room, "user_id": claims.user_id})
-                effects.append(Broadcast(others, ev, EPHEMERAL))
-        return JoinResult(r, False, list(r.users)), effects
+        uid = claims.user_id
+        n = r.users.get(uid, 0)
+        r.users[uid] = n + 1
+        if n == 0 and r.departing.pop(uid, None) is None:
+            effects += self._membership_event(r, "joined", uid)
+        return JoinResult(r, False), effects
+
+    def _membership_event(self, r: Room, ev: str, uid: int, status: str | None = None) -> list[Effect]:
+        """``joined``/``left``/``presence`` to the room's other users, or, in a large room,
+        into the batch that ``tick`` sends once (O(N) frames however many change)."""
+        if r.size() > self.limits.large_room or r.batch is not None:
+            b = r.batch
+            if b is None:
+                b = r.batch = {"joined": [], "left": [], "status": {}}
+            if ev == "presence":
+                b["status"][uid] = status
+            else:
+                b[ev].append(uid)
+            return []
+        others = [c for c in r.conns.values() if c.claims is not None and c.claims.user_id != uid]
+        if not others:
+            return []
+        d: dict[str, Any] = {"ev": ev, "room": r.name, "user_id": uid}
+        if status is not None:
+            d["status"] = status
+        return [Broadcast(others, orjson.dumps(d), EPHEMERAL)]
 
     def leave(self, conn: Conn, room: str, cmd_id: Any = None) -> list[Effect]:
         key = self.check_access(conn, room, cmd_id)
@@ -337,22 +379,25 @@ class Hub:
             raise ProtocolError(P.NOT_FOUND, "not in this room", cmd_id)
         return self._leave(conn, r)
 
-    def _leave(self, conn: Conn, r: Room) -> list[Effect]:
+    def _leave(self, conn: Conn, r: Room, grace_until: float | None = None) -> list[Effect]:
         effects: list[Effect] = []
         del r.conns[conn.id]
         r.replaying.pop(conn.id, None)
         conn.rooms.discard(r.key)
         claims = conn.claims
         assert claims is not None
-        n = r.users[claims.user_id] - 1
+        uid = claims.user_id
+        n = r.users[uid] - 1
         if n:
-            r.users[claims.user_id] = n
+            r.users[uid] = n
         else:
-            del r.users[claims.user_id]
-            r.typing.pop(claims.user_id, None)
-            if r.conns:
-                ev = orjson.dumps({"ev": "left", "room": r.name, "user_id": claims.user_id})
-                effects.append(Broadcast(list(r.conns.values()), ev, EPHEMERAL))
+            del r.users[uid]
+            if r.typing.pop(uid, None) is not None:
+                effects += self._to_others(r, uid, {"ev": "typing", "room": r.name, "user_id": uid, "state": "stop"})
+            if grace_until is not None:
+                r.departing[uid] = grace_until
+            else:
+                effects += self._membership_event(r, "left", uid)
         if not r.conns:
             del self.rooms[r.key]
             effects.append(Unsubscribe(r.key))
@@ -527,10 +572,55 @@ class Hub:
         targets = [c for c in r.conns.values() if c.claims is not None and c.claims.user_id != uid]
         return [Broadcast(targets, orjson.dumps(ev), EPHEMERAL)] if targets else []
 
-    def tick(self, now: float) -> list[Effect]:
-        """Timers: typing starts that lapsed become ``stop`` events."""
+    def set_status(self, conn: Conn, status: str, now_ms: int) -> list[Effect]:
+        """``online``/``away`` of the user; a change goes to every room the user is in."""
+        claims = self._claims(conn)
+        key = (claims.tenant_id, claims.user_id)
+        cur = self.status.get(key)
+        if cur is None or cur[0] == status:
+            return []
+        self.status[key] = [status, now_ms]
         effects: list[Effect] = []
-        for r in self.rooms.values():
+        seen: set[str] = set()
+        for c in self.users.get(key, []):
+            for rk in c.rooms:
+                if rk not in seen:
+                    seen.add(rk)
+                    effects += self._membership_event(self.rooms[rk], "presence", claims.user_id, status)
+        return effects
+
+    def presence(self, conn: Conn, room: str, cursor: int | None, limit: int | None, cmd_id: Any = None) -> dict[str, Any]:
+        """A page of the room's online users, by user id, after ``cursor``."""
+        r = self.member_room(conn, room, cmd_id)
+        limit = limit or self.limits.presence_page
+        ids = sorted(u for u in r.online() if cursor is None or u > cursor)
+        page = ids[:limit]
+        users = []
+        for uid in page:
+            st = self.status.get((r.tenant_id, uid))
+            users.append({"user_id": uid, "status": st[0] if st else "online", "since": st[1] if st else None})
+        return {"room": r.name, "users": users, "online": r.size(),
+                "next_cursor": page[-1] if len(ids) > limit else None}
+
+    def tick(self, now: float) -> list[Effect]:
+        """Timers: lapsed typing starts become ``stop``; departures past their grace become
+        ``left``; large rooms get their batched membership event."""
+        effects: list[Effect] = []
+        for r in list(self.rooms.values()):
+            if r.departing:
+                for uid, until in list(r.departing.items()):
+                    if until <= now:
+                        del r.departing[uid]
+                        effects += self._membership_event(r, "left", uid)
+            if r.batch is not None:
+                b, r.batch = r.batch, None
+                ev: dict[str, Any] = {"ev": "presence_batch", "room": r.name, "online": r.size()}
+                for k in ("joined", "left"):
+                    ev[k] = b[k][:100]
+                ev["status"] = {str(u): s for u, s in list(b["status"].items())[:100]}
+                ev["truncated"] = max(len(b["joined"]), len(b["left"]), len(b["status"])) > 100
+                if r.conns:
+                    effects.append(Broadcast(list(r.conns.values()), orjson.dumps(ev), EPHEMERAL))
             if not r.typing:
                 continue
             for uid, lapse in list(r.typing.items()):

@@ -74,7 +74,7 @@ OPS = frozenset(
         "edit", "delete", "react", "create_room", "invite", "kick", "ban", "unban",
         "mute", "unmute", "ping",
         # extensions
-        "delete_room", "members", "set_role",
+        "delete_room", "members", "set_role", "set_status",
     }
 )
 
@@ -195,6 +195,7 @@ _SPEC: dict[str, tuple[tuple[str, str, bool], ...]] = {
     "ping": (),
     "delete_room": (("room", "room", True), ("reason", "str", False)),
     "members": (("room", "room", True),),
+    "set_status": (("status", "status", True),),
     "set_role": (("room", "room", True), ("user_id", "user", True), ("role", "role", True)),
 }
 for _op in ("invite", "kick", "ban", "unban", "mute", "unmute"):
@@ -223,6 +224,10 @@ def _special(obj: dict[str, Any], name: str, kind: str, required: bool, cmd_id: 
         if v not in ("start", "stop"):
             raise ProtocolError(BAD_REQUEST, "'state' must be \"start\" or \"stop\"", cmd_id)
         return v
+    if kind == "status":
+        if v not in ("online", "away"):
+            raise ProtocolError(BAD_REQUEST, "'status' must be \"online\" or \"away\"", cmd_id)
+        return v
     if kind == "role":
         if v not in ("moderator", "member"):
             raise ProtocolError(BAD_REQUEST, "'role' must be \"moderator\" or \"member\"", cmd_id)
@@ -234,7 +239,7 @@ def _special(obj: dict[str, Any], name: str, kind: str, required: bool, cmd_id: 
     raise AssertionError(kind)  # pragma: no cover
 
 
-_SPECIAL_KINDS = frozenset({"token", "compression", "typing_state", "limit", "role"})
+_SPECIAL_KINDS = frozenset({"token", "compression", "typing_state", "limit", "role", "status"})
 
 
 def parse_command(data: bytes | str) -> Command:

@@ -114,6 +114,8 @@ class Node:
                 heartbeat_interval=cfg.heartbeat_interval,
                 typing_timeout=cfg.typing_timeout,
                 max_replay_buffer=cfg.message_queue_size,
+                presence_grace=cfg.presence_grace,
+                large_room=cfg.large_room_threshold,
             )
         )
         self.dev_secret: str | None = None
@@ -198,7 +200,7 @@ class Node:
     def closed(self, conn: Conn) -> None:
         """The transport is gone."""
         claims = conn.claims
-        effects = self.hub.disconnect(conn)
+        effects = self.hub.disconnect(conn, self.clock())
         if claims is not None and not self.hub.user_conns(claims.tenant_id, claims.user_id):
             effects.append(Unsubscribe(_user_channel(claims.tenant_id, claims.user_id)))
         self._inflight.pop(conn.id, None)
@@ -347,9 +349,12 @@ class Node:
         self._reply(conn, cmd)
 
     def _op_presence(self, conn: Conn, cmd: Command) -> None:
-        r = self.hub.member_room(conn, cmd.args["room"], cmd.id)
-        users = [{"user_id": uid, "status": "online"} for uid in sorted(r.users)]
-        self._reply(conn, cmd, room=r.name, users=users)
+        a = cmd.args
+        self._reply(conn, cmd, **self.hub.presence(conn, a["room"], a["cursor"], a["limit"], cmd.id))
+
+    def _op_set_status(self, conn: Conn, cmd: Command) -> None:
+        self.execute(self.hub.set_status(conn, cmd.args["status"], self.wall_ms()))
+        self._reply(conn, cmd, status=cmd.args["status"])
 
     # async ops ------------------------------------------------------
 
@@ -372,7 +377,7 @@ class Node:
                 r.last_seq = max(r.last_seq, last)
             unread = await self.store.unread_count(r.tenant_id, room, claims.user_id)
             if since is None:
-                self._reply(conn, cmd, room=room, last_seq=r.last_seq, members=sorted(r.users), unread=unread)
+                self._reply(conn, cmd, room=room, last_seq=r.last_seq, unread=unread, **self._members(r))
                 return
             rep = await self.store.replay(r.tenant_id, room, since, REPLAY_PAGE)
         except BaseException:
@@ -380,8 +385,8 @@ class Node:
                 self.execute(self.hub.leave(conn, room))
             raise
         self._reply(
-            conn, cmd, room=room, last_seq=max(r.last_seq, rep.last_seq), members=sorted(r.users),
-            unread=unread, recovered=rep.complete,
+            conn, cmd, room=room, last_seq=max(r.last_seq, rep.last_seq), unread=unread,
+            recovered=rep.complete, **self._members(r),
         )
         sent = since
         while True:
@@ -395,6 +400,15 @@ class Node:
                 break
             rep = await self.store.replay(r.tenant_id, room, sent, REPLAY_PAGE)
         self.execute(self.hub.finish_replay(conn, r.key, sent))
+
+    def _members(self, r: Any) -> dict[str, Any]:
+        """``members`` of a join reply: the online user ids, at most a page of them."""
+        online = sorted(r.online())
+        page = self.hub.limits.presence_page
+        out: dict[str, Any] = {"members": online[:page], "online": len(online)}
+        if len(online) > page:
+            out["members_truncated"] = True
+        return out
 
     async def _op_send(self, conn: Conn, cmd: Command) -> None:
         a = cmd.args
@@ -648,6 +662,7 @@ class Node:
         "leave": _op_leave,
         "typing": _op_typing,
         "presence": _op_presence,
+        "set_status": _op_set_status,
     }
     _async_ops: dict[str, Callable[["Node", Conn, Command], Awaitable[None]]] = {
         "join": _op_join,

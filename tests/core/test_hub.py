@@ -55,7 +55,7 @@ def test_join_subscribes_once_and_announces_to_others():
     res, eff = hub.join(b, "general", replay=False)
     assert targets(eff, EPHEMERAL) == [a.id]
     assert orjson.loads(eff[0].payload) == {"ev": "joined", "room": "general", "user_id": 2}
-    assert sorted(res.members) == [1, 2]
+    assert res.room.online() == {1, 2}
     # a second connection of the same user joins silently
     a2 = connect(hub, 1)
     _, eff = hub.join(a2, "general", replay=False)
@@ -187,3 +187,75 @@ def test_encode_message_fields():
         "ev": "message", "room": "r", "seq": 3, "msg_id": "id3", "from": 7, "text": "hi", "ts": 123,
         "client_msg_id": "c", "reply_to": 1,
     }
+
+
+def test_quick_reconnect_shows_no_left_or_joined():
+    hub = Hub(HubLimits(presence_grace=5))
+    a, b = connect(hub, 1), connect(hub, 2)
+    hub.join(a, "r", replay=False)
+    hub.join(b, "r", replay=False)
+    assert hub.disconnect(b, now=100.0) == []  # no left yet
+    assert hub.rooms[room_key(0, "r")].online() == {1, 2}  # still online during the grace
+    b2 = connect(hub, 2)
+    _, eff = hub.join(b2, "r", replay=False)
+    assert eff == []  # no joined: nobody saw a flicker
+    assert hub.tick(200.0) == []
+
+
+def test_departure_becomes_left_after_grace():
+    hub = Hub(HubLimits(presence_grace=5))
+    a, b = connect(hub, 1), connect(hub, 2)
+    hub.join(a, "r", replay=False)
+    hub.join(b, "r", replay=False)
+    hub.disconnect(b, now=100.0)
+    assert hub.tick(104.0) == []
+    eff = hub.tick(105.0)
+    assert targets(eff) == [a.id] and orjson.loads(eff[0].payload) == {"ev": "left", "room": "r", "user_id": 2}
+    assert hub.rooms[room_key(0, "r")].online() == {1}
+
+
+def test_away_status_reaches_shared_rooms_once_per_room():
+    hub = Hub()
+    a, b, c = connect(hub, 1), connect(hub, 2), connect(hub, 3)
+    for conn in (a, b):
+        hub.join(conn, "r1", replay=False)
+    hub.join(a, "r2", replay=False)
+    hub.join(c, "r2", replay=False)
+    eff = hub.set_status(a, "away", 5000)
+    got = sorted((e.conns[0].id, orjson.loads(e.payload)["room"]) for e in eff)
+    assert got == sorted([(b.id, "r1"), (c.id, "r2")])
+    assert orjson.loads(eff[0].payload)["status"] == "away"
+    assert hub.set_status(a, "away", 6000) == []  # no change, no event
+    page = hub.presence(b, "r1", None, None)
+    assert page["users"] == [{"user_id": 1, "status": "away", "since": 5000},
+                             {"user_id": 2, "status": "online", "since": 1000}]
+
+
+def test_presence_pages():
+    hub = Hub(HubLimits(max_connections_per_user=1))
+    conns = [connect(hub, u) for u in range(1, 8)]
+    for c in conns:
+        hub.join(c, "big", replay=False)
+    p1 = hub.presence(conns[0], "big", None, 3)
+    assert [u["user_id"] for u in p1["users"]] == [1, 2, 3] and p1["next_cursor"] == 3 and p1["online"] == 7
+    p2 = hub.presence(conns[0], "big", p1["next_cursor"], 3)
+    p3 = hub.presence(conns[0], "big", p2["next_cursor"], 3)
+    assert [u["user_id"] for u in p2["users"] + p3["users"]] == [4, 5, 6, 7] and p3["next_cursor"] is None
+
+
+def test_large_room_membership_events_cost_linear_frames():
+    """1000 joins into a room above the threshold cost O(N) frames, not O(N^2)."""
+    n = 1000
+    hub = Hub(HubLimits(large_room=50, max_connections_per_user=1))
+    frames = 0
+    for u in range(n):
+        c = connect(hub, u)
+        _, eff = hub.join(c, "huge", replay=False)
+        frames += sum(len(e.conns) for e in eff if isinstance(e, Broadcast))
+    eff = hub.tick(1.0)
+    frames += sum(len(e.conns) for e in eff if isinstance(e, Broadcast))
+    # the first 50 joins are announced one by one (at most 50*50/2 frames), then one batch
+    assert frames <= 50 * 50 // 2 + n
+    batch = orjson.loads(eff[-1].payload)
+    assert batch["ev"] == "presence_batch" and batch["online"] == n and batch["truncated"] is True
+    assert len(batch["joined"]) == 100
