@@ -1,4 +1,5 @@
 from __future__ import annotations
+import tests._hypothesis_profiles  # noqa: F401  (HYPOTHESIS_PROFILE for every test)
 
 from pathlib import Path
 from typing import Iterator
