@@ -48,6 +48,11 @@ class HubConfig:
     heartbeat_interval: float = 30.0
     connection_timeout: float = 300.0
     rate_limit_window: float = 60.0
+    rate_limits: bool = True  # CHATHUB_RATE_LIMITS=off for benchmarks and load tests
+    rate_limit_message: int = 30  # per rate_limit_window: send, dm
+    rate_limit_typing: int = 60
+    rate_limit_reaction: int = 100
+    rate_limit_other: int = 50  # every other command
     max_message_size: int = 1024 * 1024
     enable_compression: bool = True
     # rooms and history
@@ -78,6 +83,10 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "heartbeat_interval": (0.1, 86400),
     "connection_timeout": (1, 86400 * 7),
     "rate_limit_window": (1, 86400),
+    "rate_limit_message": (1, 10**9),
+    "rate_limit_typing": (1, 10**9),
+    "rate_limit_reaction": (1, 10**9),
+    "rate_limit_other": (1, 10**9),
     "max_message_size": (64, 64 * 1024 * 1024),
     "typing_timeout": (0.1, 3600),
     "presence_grace": (0, 3600),

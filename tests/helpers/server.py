@@ -66,6 +66,8 @@ def start_server(
     if secret is not None:
         env["CHATHUB_JWT_SECRET"] = secret
     env["CHATHUB_DATA_DIR"] = str(tmp_path / "data")
+    # the limits throttle test traffic; tests of the limits turn them on again
+    env["CHATHUB_RATE_LIMITS"] = "off"
     env.update(extra_env or {})
     if "CHATHUB_JWT_SECRET" in (extra_env or {}):
         secret = extra_env["CHATHUB_JWT_SECRET"]  # type: ignore[index]
