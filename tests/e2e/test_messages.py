@@ -163,3 +163,30 @@ def test_concurrent_senders_see_one_order(server):
         assert [m["seq"] for m in h["messages"]] == list(range(1, 101))
 
     run(go())
+
+
+def test_edit_and_delete_show_in_history(server):
+    async def go():
+        a = await Client.connect(server.url(1))
+        b = await Client.connect(server.url(2))
+        await a.cmd("join", room="t-edit")
+        await b.cmd("join", room="t-edit")
+        s1 = await a.cmd("send", room="t-edit", text="first")
+        s2 = await a.cmd("send", room="t-edit", text="second")
+        assert (await b.cmd("edit", room="t-edit", seq=s1["seq"], text="hijack"))["error"]["code"] == "forbidden"
+        assert (await b.cmd("delete", room="t-edit", seq=s1["seq"]))["error"]["code"] == "forbidden"
+        r = await a.cmd("edit", room="t-edit", seq=s1["seq"], text="first, edited")
+        assert r["ok"]
+        ev = await b.next_event("edited")
+        assert (ev["seq"], ev["text"], ev["by"]) == (s1["seq"], "first, edited", 1)
+        assert (await a.cmd("delete", room="t-edit", seq=s2["seq"]))["ok"]
+        ev = await b.next_event("deleted")
+        assert ev["seq"] == s2["seq"] and "text" not in ev
+        h = await b.cmd("history", room="t-edit")
+        m1, m2 = h["messages"]
+        assert m1["text"] == "first, edited" and isinstance(m1["edited_at"], int) and "deleted" not in m1
+        assert m2["deleted"] is True and m2["text"] == ""
+        assert (await a.cmd("edit", room="t-edit", seq=s2["seq"], text="x"))["error"]["code"] == "not_found"
+        assert (await a.cmd("delete", room="t-edit", seq=99))["error"]["code"] == "not_found"
+
+    run(go())
