@@ -1,4 +1,6 @@
-"""Pure-Python twin of ``chathub._rust_core`` (gzip helpers), on stdlib zlib.
+"""Pure-Python twin of ``chathub._rust_core``'s gzip and raw-deflate helpers, on stdlib zlib.
+
+(The twin of ``RateLimiter`` is ``chathub._ratelimit_py``.)
 
 Same results and the same exception types as the Rust module; only the
 compressed bytes may differ. The Rust side re-implements the rules of zlib's
@@ -10,6 +12,15 @@ compressed bytes may differ. The Rust side re-implements the rules of zlib's
 
 ``gzip_decompress`` never inflates more than ``max_size + 1`` bytes, so a
 small "decompression bomb" cannot make it allocate its expanded size.
+
+Raw DEFLATE for permessage-deflate (RFC 7692), no context takeover either way:
+``deflate_compress_raw`` compresses one message with a fresh context, ends it
+with a sync flush and strips the trailing ``00 00 ff ff`` (section 7.2.1);
+``deflate_decompress_raw`` appends ``00 00 ff ff`` and inflates with a fresh
+context (section 7.2.2), stopping past ``max_size`` like ``gzip_decompress``.
+Data after a final (BFINAL) block is ignored, and a message that ends inside
+a block gives what was decoded so far, as zlib's ``inflate()`` does; only
+invalid DEFLATE data is an error (ValueError).
 
 Arguments: ``data``/``payload`` are bytes, bytearray or memoryview (anything
 else is a TypeError); integer arguments must be ``int`` (TypeError otherwise)
@@ -24,12 +35,14 @@ import struct
 import sys
 import zlib
 
-__all__ = ["gzip_compress", "gzip_decompress", "maybe_gzip"]
+__all__ = ["deflate_compress_raw", "deflate_decompress_raw", "gzip_compress", "gzip_decompress", "maybe_gzip"]
 
 DEFAULT_LEVEL = 6
 DEFAULT_THRESHOLD = 1024
 
 _Buffer = bytes | bytearray | memoryview
+#: The empty stored block that ends a sync flush (RFC 7692 section 7.2.1).
+_SYNC_TAIL = b"\x00\x00\xff\xff"
 
 
 def _as_bytes(name: str, value: object) -> bytes:
@@ -64,6 +77,13 @@ def gzip_compress(data: _Buffer, level: int = DEFAULT_LEVEL) -> bytes:
     return _compress(raw, level)
 
 
+def _check_max_size(max_size: int) -> int:
+    if max_size < 0:
+        raise ValueError("max_size must be >= 0")
+    # Never ask for more than a bytes object can hold (zlib wants a Py_ssize_t).
+    return min(max_size, sys.maxsize - 1)
+
+
 def gzip_decompress(data: _Buffer, max_size: int) -> bytes:
     """Decompress exactly one gzip member.
 
@@ -72,10 +92,7 @@ def gzip_decompress(data: _Buffer, max_size: int) -> bytes:
     """
     max_size = _check_int("max_size", max_size)
     raw = _as_bytes("data", data)
-    if max_size < 0:
-        raise ValueError("max_size must be >= 0")
-    # Never ask for more than a bytes object can hold (zlib wants a Py_ssize_t).
-    max_size = min(max_size, sys.maxsize - 1)
+    max_size = _check_max_size(max_size)
     inflater = zlib.decompressobj(wbits=31)
     try:
         out = inflater.decompress(raw, max_size + 1)
@@ -97,3 +114,34 @@ def maybe_gzip(payload: _Buffer, threshold: int = DEFAULT_THRESHOLD) -> bytes | 
     if len(raw) <= threshold:
         return None
     return _compress(raw, DEFAULT_LEVEL)
+
+
+def deflate_compress_raw(data: _Buffer, level: int = DEFAULT_LEVEL) -> bytes:
+    """Raw DEFLATE of one permessage-deflate message (RFC 7692 section 7.2.1):
+    fresh context, sync flush, trailing ``00 00 ff ff`` removed. ``level`` is 0..9."""
+    level = _check_int("level", level)
+    raw = _as_bytes("data", data)
+    if not 0 <= level <= 9:
+        raise ValueError("compression level must be between 0 and 9")
+    deflater = zlib.compressobj(level, zlib.DEFLATED, -15)
+    out = deflater.compress(raw) + deflater.flush(zlib.Z_SYNC_FLUSH)
+    if not out.endswith(_SYNC_TAIL):  # zlib always ends a sync flush with it
+        raise ValueError("invalid deflate data: sync flush did not end with 00 00 ff ff")
+    return out[: -len(_SYNC_TAIL)]
+
+
+def deflate_decompress_raw(data: _Buffer, max_size: int) -> bytes:
+    """Inflate one permessage-deflate message (RFC 7692 section 7.2.2): appends
+    ``00 00 ff ff``, fresh context. Raises ValueError on invalid data or if the
+    output would exceed ``max_size`` bytes; inflation stops at that bound."""
+    max_size = _check_int("max_size", max_size)
+    raw = _as_bytes("data", data)
+    max_size = _check_max_size(max_size)
+    inflater = zlib.decompressobj(wbits=-15)
+    try:
+        out = inflater.decompress(raw + _SYNC_TAIL, max_size + 1)
+    except zlib.error as exc:
+        raise ValueError(f"invalid deflate data: {exc}") from None
+    if len(out) > max_size:
+        raise ValueError(f"decompressed data exceeds max_size ({max_size} bytes)")
+    return out

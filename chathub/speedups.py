@@ -3,8 +3,10 @@
     from chathub import speedups
     speedups.encode_frame(0x1, b"hello")
 
-Compiled: ``chathub._fastpath._frame`` (Cython) and ``chathub._rust_core``
-(Rust). Twins: ``chathub._fastpath._frame_py`` and ``chathub._compress_py``.
+Compiled: ``chathub._fastpath._frame`` and ``chathub._fastpath._fanout``
+(Cython) and ``chathub._rust_core`` (Rust). Twins: ``chathub._fastpath._frame_py``,
+``chathub._fastpath._fanout_py``, ``chathub._compress_py`` and
+``chathub._ratelimit_py``.
 Both give the same results and raise the same exception types (the tests
 compare them).
 
@@ -28,7 +30,13 @@ import warnings
 from typing import TYPE_CHECKING
 
 __all__ = [
+    "Fanout",
+    "FanoutListener",
     "IMPLEMENTATION",
+    "RateLimiter",
+    "broadcast",
+    "deflate_compress_raw",
+    "deflate_decompress_raw",
     "describe",
     "encode_frame",
     "encode_frame_header",
@@ -50,21 +58,53 @@ _DESCRIPTION: str
 
 if TYPE_CHECKING:
     # Type checkers see the twins, whose signatures the stubs match.
-    from chathub._compress_py import gzip_compress, gzip_decompress, maybe_gzip
+    from chathub._compress_py import (
+        deflate_compress_raw,
+        deflate_decompress_raw,
+        gzip_compress,
+        gzip_decompress,
+        maybe_gzip,
+    )
     from chathub._fastpath._frame_py import encode_frame, encode_frame_header
+    from chathub._fastpath._fanout_py import Fanout, FanoutListener, broadcast
+    from chathub._ratelimit_py import RateLimiter
 elif extensions_disabled():
-    from chathub._compress_py import gzip_compress, gzip_decompress, maybe_gzip
+    from chathub._compress_py import (
+        deflate_compress_raw,
+        deflate_decompress_raw,
+        gzip_compress,
+        gzip_decompress,
+        maybe_gzip,
+    )
     from chathub._fastpath._frame_py import encode_frame, encode_frame_header
+    from chathub._fastpath._fanout_py import Fanout, FanoutListener, broadcast
+    from chathub._ratelimit_py import RateLimiter
 
     IMPLEMENTATION = "python"
     _DESCRIPTION = f"python (pure-Python twins, {ENV_VAR} is set)"
 else:
     try:
         from chathub._fastpath._frame import encode_frame, encode_frame_header
-        from chathub._rust_core import gzip_compress, gzip_decompress, maybe_gzip
+        from chathub._fastpath._fanout import Fanout, FanoutListener, broadcast
+        from chathub._rust_core import (
+            RateLimiter,
+            deflate_compress_raw,
+            deflate_decompress_raw,
+            gzip_compress,
+            gzip_decompress,
+            maybe_gzip,
+        )
     except Exception as exc:  # never crash: an unbuilt tree still runs, slowly
-        from chathub._compress_py import gzip_compress, gzip_decompress, maybe_gzip
+        from chathub._compress_py import (
+            deflate_compress_raw,
+            deflate_decompress_raw,
+            gzip_compress,
+            gzip_decompress,
+            maybe_gzip,
+        )
         from chathub._fastpath._frame_py import encode_frame, encode_frame_header
+        from chathub._fastpath._fanout_py import Fanout, FanoutListener, broadcast
+        from chathub._ratelimit_py import RateLimiter
 
         _reason = f"{type(exc).__name__}: {exc}"
         IMPLEMENTATION = f"python (compiled modules unavailable: {_reason})"

@@ -52,6 +52,10 @@ from chathub.store.base import (
 log = logging.getLogger("chathub.node")
 
 GZIP_THRESHOLD = 1024
+ABUSE_THRESHOLD = 20  # refusals within ABUSE_WINDOW_S that close the connection with 4008
+ABUSE_WINDOW_S = 10.0
+#: op -> rate-limit bucket
+_LIMIT_KIND = {"send": "message", "dm": "message", "typing": "typing", "react": "reaction"}
 CONTROL = -1  # envelope seq of a room control event (moderation), never shown to clients
 REPLAY_PAGE = 200
 MAX_INFLIGHT_PER_CONN = 32
@@ -77,6 +81,11 @@ class ConnHandle(Protocol):
 
 def _user_channel(tenant_id: int, user_id: int) -> str:
     return f"u/{tenant_id}/{user_id}"
+
+
+def _limit_key(claims: Any) -> int:
+    """One integer per (tenant, user) for the rate limiter (exact: ids are below 2**63)."""
+    return (claims.tenant_id << 64) | claims.user_id
 
 
 def message_dict(m: StoredMessage) -> dict[str, Any]:
@@ -130,7 +139,21 @@ class Node:
         self._inflight: dict[str, int] = {}
         self._timers: list[asyncio.Task[Any]] = []
         self.started = False
-        self.stats = {"commands": 0, "errors": 0, "delivered": 0}
+        self.stats = {"commands": 0, "errors": 0, "delivered": 0, "rate_limited": 0}
+        self.limiter: Any = None
+        self._last_sweep = 0.0
+        if cfg.rate_limits:
+            self.limiter = speedups.RateLimiter(
+                {
+                    "message": cfg.rate_limit_message,
+                    "typing": cfg.rate_limit_typing,
+                    "reaction": cfg.rate_limit_reaction,
+                    "other": cfg.rate_limit_other,
+                },
+                cfg.rate_limit_window,
+                abuse_threshold=ABUSE_THRESHOLD,
+                abuse_window_s=ABUSE_WINDOW_S,
+            )
 
     # ------------------------------------------------------------ lifecycle
 
@@ -210,35 +233,33 @@ class Node:
     # ------------------------------------------------------------ effects
 
     def execute(self, effects: list[Effect]) -> None:
-        for e in effects:
-            if type(e) is Broadcast:
-                self._broadcast(e.conns, e.payload, e.kind)
-            elif type(e) is Send:
-                self._broadcast((e.conn,), e.payload, e.kind)
-            elif type(e) is Close:
-                if e.conn.handle is not None:
-                    e.conn.handle.close(e.code, e.reason)
-            elif type(e) is Subscribe:
-                self.broker.subscribe(e.channel)
-            elif type(e) is Unsubscribe:
-                self.broker.unsubscribe(e.channel)
+        broadcast = speedups.broadcast
+        delivered = 0
+        try:
+            for e in effects:
+                if type(e) is Broadcast:
+                    delivered += broadcast(e.conns, e.payload, e.kind, GZIP_THRESHOLD, speedups.gzip_compress)
+                elif type(e) is Send:
+                    delivered += broadcast((e.conn,), e.payload, e.kind, GZIP_THRESHOLD, speedups.gzip_compress)
+                elif type(e) is Close:
+                    if e.conn.handle is not None:
+                        e.conn.handle.close(e.code, e.reason)
+                elif type(e) is Subscribe:
+                    self.broker.subscribe(e.channel)
+                elif type(e) is Unsubscribe:
+                    self.broker.unsubscribe(e.channel)
+        finally:
+            if delivered:
+                self.stats["delivered"] += delivered
 
     def _broadcast(self, conns: Any, payload: bytes, kind: int) -> None:
-        gz: bytes | None = None
-        big = len(payload) > GZIP_THRESHOLD
-        n = 0
-        for c in conns:
-            h = c.handle
-            if h is None:
-                continue
-            if big and c.gzip:
-                if gz is None:
-                    gz = speedups.gzip_compress(payload)
-                h.send_binary(gz, kind)
-            else:
-                h.send_text(payload, kind)
-            n += 1
-        self.stats["delivered"] += n
+        """Write ``payload`` to every connection of ``conns`` with a handle: the frame is
+        encoded once and the same bytes corked for every picows listener (one write per
+        connection per loop iteration, ordered with replies and closes); gzip clients get
+        one shared compressed copy of a payload above ``GZIP_THRESHOLD``; other handles
+        (in-memory ones in tests) get ``send_text``/``send_binary``. See
+        ``chathub._fastpath._fanout``."""
+        self.stats["delivered"] += speedups.broadcast(conns, payload, kind, GZIP_THRESHOLD, speedups.gzip_compress)
 
     def _reply(self, conn: Conn, cmd: Command, **result: Any) -> None:
         if cmd.has_id and conn.handle is not None:
@@ -285,6 +306,19 @@ class Node:
             else:
                 self._fail(conn, cmd.id, P.UNAUTHORIZED, "authenticate first")
             return
+        limiter = self.limiter
+        if limiter is not None and cmd.op != "ping":
+            ukey = _limit_key(conn.claims)
+            now = self.clock()
+            retry = limiter.check(ukey, _LIMIT_KIND.get(cmd.op, "other"), now)
+            if retry:
+                self.stats["rate_limited"] += 1
+                if limiter.abusive(ukey, now):
+                    conn.handle.close(P.CLOSE_RATE_LIMITED, "rate limits exceeded persistently")
+                    return
+                self._fail(conn, cmd.id, P.RATE_LIMITED, f"too many '{cmd.op}' commands; retry later",
+                           retry_after_ms=retry)
+                return
         handler = self._ops.get(cmd.op)
         try:
             if handler is not None:
@@ -703,7 +737,11 @@ class Node:
         while True:
             await asyncio.sleep(1.0)
             try:
-                self.execute(self.hub.tick(self.clock()))
+                now = self.clock()
+                self.execute(self.hub.tick(now))
+                if self.limiter is not None and now - self._last_sweep > self.cfg.rate_limit_window:
+                    self._last_sweep = now
+                    self.limiter.sweep(now)
             except Exception:  # pragma: no cover - defensive
                 log.exception("tick failed")
 

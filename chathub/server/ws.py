@@ -1,33 +1,31 @@
 """picows adapter: one ``WsConnection`` listener per WebSocket, plus plain HTTP routes.
 
-The listener owns nothing but transport state (send queue, fragments, last frame time);
-everything else goes to the ``Node``. Slow-consumer policy (docs/protocol.md, "Slow
-consumers"): while the transport's write buffer is above its high-water mark, frames are
-held in a bounded queue (``message_queue_size`` frames, ``MAX_QUEUED_BYTES`` bytes);
-ephemeral events (typing, presence, receipts) are dropped instead of queued; when the
-queue overflows the connection is closed with 1013 and the client replays with
-``since_seq``.
+The listener owns nothing but transport state; everything else goes to the ``Node``. Its
+receive side (frames in, fragments, last frame time) is here; its send side is the
+``FanoutListener`` base (``chathub._fastpath._fanout``, compiled, or its pure-Python twin,
+through ``chathub.speedups``): every frame to a client (broadcasts, replies, errors) is
+corked and written once per connection at the end of the loop iteration, and the close
+frame after it. Slow-consumer policy (docs/protocol.md, "Slow consumers"): while the
+transport's write buffer is above its high-water mark, frames are held in a bounded queue
+(``message_queue_size`` frames, ``MAX_QUEUED_BYTES`` bytes); ephemeral events (typing,
+presence, receipts) are dropped instead of queued; when the queue overflows the connection
+is closed with 1013 and the client replays with ``since_seq``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import logging
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from picows import WSListener, WSMsgType, WSTransport, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
+from picows import WSMsgType, WSTransport, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
+from chathub import speedups
 from chathub.core import protocol as P
-from chathub.core.hub import EPHEMERAL
 
 if TYPE_CHECKING:
     from chathub.core.hub import Conn
     from chathub.server.node import Node
-
-log = logging.getLogger("chathub.ws")
 
 MAX_QUEUED_BYTES = 16 * 1024 * 1024
 CLOSE_TIMEOUT = 2.0  # seconds to wait for the client's close frame
@@ -38,29 +36,29 @@ _CONT = WSMsgType.CONTINUATION
 _CLOSE = WSMsgType.CLOSE
 
 
-class WsConnection(WSListener):
-    """picows listener of one client connection."""
+class WsConnection(speedups.FanoutListener):
+    """picows listener of one client connection.
 
-    def __init__(self, node: Node, token: str | None, gzip: bool) -> None:
-        super().__init__()
+    ``send_text``, ``send_binary``, ``close``, ``pause_writing`` and ``resume_writing``
+    come from the ``FanoutListener`` base, as do ``transport``, ``closing`` and ``shed``.
+    """
+
+    __slots__ = ("node", "conn", "last_rx", "_token", "_gzip", "_frag", "_frag_type")
+
+    def __init__(self, node: Node, fanout: speedups.Fanout, token: str | None, gzip: bool) -> None:
+        super().__init__(fanout)
         self.node = node
         self._token = token
         self._gzip = gzip
-        self.transport: WSTransport | None = None
         self.conn: Conn | None = None
         self.last_rx = time.monotonic()
-        self._paused = False
-        self._queue: collections.deque[tuple[Any, bytes]] | None = None
-        self._queued_bytes = 0
         self._frag: bytearray | None = None
         self._frag_type: Any = None
-        self.closing = False
-        self.shed = 0
 
     # ------------------------------------------------------------ picows callbacks
 
     def on_ws_connected(self, transport: WSTransport) -> None:
-        self.transport = transport
+        self.attach(transport)
         self.conn = self.node.open(self, token=self._token, gzip=self._gzip)
         self._token = None
 
@@ -99,73 +97,17 @@ class WsConnection(WSListener):
                 else:
                     self.node.on_binary(self.conn)  # type: ignore[arg-type]
         elif mt is _CLOSE:
-            self.closing = True
+            self.flush()  # what is corked goes out before the close frame
+            self.release()
             transport.send_close(frame.get_close_code())
             transport.disconnect()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self.closing = True
-        self._queue = None
+        self.release()
         if self.conn is not None:
             self.node.closed(self.conn)
 
-    def pause_writing(self) -> None:
-        self._paused = True
-        if self._queue is None:
-            self._queue = collections.deque()
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        q = self._queue
-        t = self.transport
-        while q and not self._paused and t is not None and not self.closing:
-            mt, payload = q.popleft()
-            self._queued_bytes -= len(payload)
-            t.send(mt, payload)
-
-    # ------------------------------------------------------------ ConnHandle
-
-    def _send(self, mt: Any, payload: bytes, kind: int) -> None:
-        if self.closing:
-            return
-        if not self._paused and not self._queue:
-            self.transport.send(mt, payload)  # type: ignore[union-attr]
-            return
-        if kind == EPHEMERAL:
-            self.shed += 1
-            return
-        q = self._queue
-        assert q is not None
-        if len(q) >= self.node.cfg.message_queue_size or self._queued_bytes + len(payload) > MAX_QUEUED_BYTES:
-            self.close(P.CLOSE_TRY_AGAIN, "slow consumer: send queue overflowed; reconnect with since_seq",
-                       abort=True)
-            return
-        q.append((mt, payload))
-        self._queued_bytes += len(payload)
-
-    def send_text(self, payload: bytes, kind: int) -> None:
-        self._send(_TEXT, payload, kind)
-
-    def send_binary(self, payload: bytes, kind: int) -> None:
-        self._send(_BINARY, payload, kind)
-
-    def close(self, code: int, reason: str, *, abort: bool = False) -> None:
-        if self.closing or self.transport is None:
-            return
-        self.closing = True
-        self._queue = None
-        self._queued_bytes = 0
-        t = self.transport
-        try:
-            t.send_close(code, reason.encode()[:120])
-        finally:
-            if abort:
-                # a slow consumer cannot take a graceful close: its buffer would never drain
-                t.disconnect(graceful=False)
-            else:
-                # wait for the client's close frame (closing at once could reset the
-                # socket and make the client lose our close frame), but not for long
-                asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, t.disconnect)
+    # ------------------------------------------------------------ ConnHandle (the rest)
 
     def ping(self) -> None:
         if not self.closing and self.transport is not None:
@@ -193,14 +135,18 @@ def _query(request: WSUpgradeRequest) -> tuple[bytes, dict[str, list[str]]]:
 
 
 def make_listener_factory(node: Node, http: Any) -> Any:
-    """The picows listener factory: ``/ws`` upgrades, everything else is plain HTTP."""
+    """The picows listener factory: ``/ws`` upgrades, everything else is plain HTTP.
+
+    Every connection of the factory shares one ``Fanout`` (the end-of-iteration flush and
+    the slow-consumer limits)."""
+    fanout = speedups.Fanout(node.cfg.message_queue_size, MAX_QUEUED_BYTES, close_timeout=CLOSE_TIMEOUT)
 
     def factory(request: WSUpgradeRequest) -> Any:
         path, q = _query(request)
         if path == b"/ws":
             token = q.get("token", [None])[0]
             gzip = q.get("compression", [""])[0] == "gzip"
-            return WsConnection(node, token or None, gzip)
+            return WsConnection(node, fanout, token or None, gzip)
         resp = http(path, q)
         if resp is None:
             return WSUpgradeResponseWithListener(

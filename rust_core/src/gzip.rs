@@ -79,7 +79,7 @@ impl fmt::Display for GzipError {
 impl std::error::Error for GzipError {}
 
 /// Upper bound of the deflate output for `n` input bytes (zlib's `compressBound`).
-fn deflate_bound(n: usize) -> usize {
+pub(crate) fn deflate_bound(n: usize) -> usize {
     n + (n >> 12) + (n >> 14) + (n >> 25) + 13
 }
 
@@ -91,7 +91,7 @@ thread_local! {
 }
 
 /// Runs `f` with a raw-deflate compressor at `level` that is reset to a fresh stream.
-fn with_deflater<R>(level: u32, f: impl FnOnce(&mut Compress) -> R) -> R {
+pub(crate) fn with_deflater<R>(level: u32, f: impl FnOnce(&mut Compress) -> R) -> R {
     DEFLATER.with(|cell| match cell.try_borrow_mut() {
         Ok(mut slot) => {
             match slot.as_mut() {

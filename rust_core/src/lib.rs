@@ -5,7 +5,9 @@
 //! `python` feature, which maturin enables when it builds
 //! `chathub._rust_core`.
 
+pub mod deflate;
 pub mod gzip;
+pub mod ratelimit;
 
 #[cfg(feature = "python")]
 mod python;

@@ -1,0 +1,63 @@
+# cython: language_level=3
+"""C-level API of chathub._fastpath._fanout, for ``cimport`` by other modules.
+
+    from chathub._fastpath._fanout cimport Fanout, FanoutListener, c_broadcast
+
+A ``FanoutListener`` is a picows ``WSListener`` that holds the send side of one
+connection in C fields; ``c_broadcast`` writes one payload to many hub ``Conn``s.
+Everything runs on the event loop's thread.
+"""
+
+from picows.picows cimport WSListener, WSTransport
+
+cdef class FanoutListener
+
+
+cdef class Fanout:
+    cdef readonly Py_ssize_t max_queue_frames  # queued frames per paused connection
+    cdef readonly Py_ssize_t max_queue_bytes   # queued bytes per paused connection
+    cdef readonly Py_ssize_t cork_cap          # a cork this big is written at once
+    cdef readonly double close_timeout         # seconds a graceful close waits for the client
+    cdef readonly object loop                  # None: the running loop
+    cdef list _dirty                           # listeners corked in this iteration
+    cdef object _scheduled_on                  # loop of the pending flush, or None
+    cdef object _flush_cb
+
+    cdef object _get_loop(self)
+    # Registers a listener for the end-of-iteration flush (one call_soon per iteration).
+    cdef int _mark(self, FanoutListener lst) except -1
+
+
+cdef class FanoutListener(WSListener):
+    cdef public WSTransport transport
+    cdef public bint closing
+    cdef readonly bint paused
+    cdef bint _dirty
+    cdef readonly Fanout fanout
+    cdef bytes _pending          # the only corked frame, by reference (not copied), or None
+    cdef char* _cork             # two or more corked frames, copied (malloc); NULL otherwise
+    cdef Py_ssize_t _cork_len
+    cdef Py_ssize_t _cork_alloc
+    cdef object _queue           # collections.deque of frames while behind: None or non-empty
+    cdef readonly Py_ssize_t queued_bytes
+    cdef readonly Py_ssize_t shed
+
+    cpdef attach(self, WSTransport transport)
+    cpdef flush(self)
+    cpdef close(self, int code, str reason, bint abort=*)
+    cpdef release(self)
+
+    cdef Py_ssize_t _corked_size(self) noexcept
+    # The one entry point for an encoded frame (header + payload) to this connection:
+    # cork, queue (kind 0 = MESSAGE) or drop (kind 1 = EPHEMERAL while behind).
+    cdef int _put(self, bytes frame, int kind) except -1
+    cdef int _enqueue(self, bytes frame, int kind) except -1
+    cdef int _append(self, bytes frame) except -1
+    cdef int _flush(self) except -1
+    cdef void _release(self) noexcept
+
+
+# Writes ``payload`` to every connection of ``conns`` (a list or tuple of objects with
+# ``handle`` and ``gzip``); returns how many had a handle. See ``broadcast``.
+cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gzip_threshold,
+                            object compress) except -1

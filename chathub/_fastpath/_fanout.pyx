@@ -1,0 +1,495 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, auto_pickle=False
+"""Encode-once fan-out with per-connection write batching (corking).
+
+Compiled twin of ``chathub._fastpath._fanout_py``; the tests drive both with the same
+random sequence of broadcasts, sends, pauses, resumes and closes and require the same
+bytes written to every connection, in the same writes, and the same closes.
+
+* ``broadcast()`` builds a payload's WebSocket frame once (and once more, lazily, as a
+  binary gzip frame if a recipient asked for gzip) and hands the *same* bytes object to
+  every recipient's listener, at C level: no Python-level call per recipient.
+* Each ``FanoutListener`` corks what it is given during one loop iteration: the first
+  frame is kept by reference (no copy), further ones are copied into a cork buffer
+  allocated on demand (never for an idle connection) and freed after the write. The
+  ``Fanout`` flushes every corked listener once at the end of the iteration (one
+  ``loop.call_soon`` per iteration), or a listener at once when its cork reaches
+  ``cork_cap`` bytes. One write (``WSTransport._fast_write``: usually one ``send()``
+  syscall) per connection per iteration, whatever the number of frames.
+* Slow consumers (docs/protocol.md): while the transport is paused (``pause_writing``) or
+  frames already wait, MESSAGE frames go to a bounded queue (``max_queue_frames`` frames,
+  ``max_queue_bytes`` bytes), EPHEMERAL frames are dropped (``shed``); overflow closes
+  the connection with 1013 and aborts it. ``resume_writing`` writes the cork, then the
+  queue (coalesced up to ``cork_cap`` a write) until the transport pauses again.
+* Order per connection: everything for a connection (broadcasts, replies, the close
+  frame) goes through the same cork; the cork is older than the queue and is written
+  first; ``close`` writes the cork before the close frame (an abort drops both).
+* Memory: an idle connection holds no buffer here (the listener is ~190 bytes), and
+  ``attach()`` drops what picows keeps per connection but no longer needs after the
+  handshake (about 2.4 KB). ``broadcast()`` reads the hub ``Conn``'s ``handle``/``gzip``
+  slots at their ``__slots__`` offsets (exact type check; getattr for anything else).
+"""
+
+import asyncio
+import collections
+import logging
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.object cimport PyObject, PyTypeObject
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy
+
+from picows.picows cimport MemoryBuffer, WSCloseCode, WSListener, WSTransport
+
+from chathub._fastpath._frame cimport build_frame
+
+__all__ = [
+    "CLOSE_TIMEOUT", "CORK_CAP", "EPHEMERAL", "MAX_QUEUED_BYTES", "MESSAGE",
+    "Fanout", "FanoutListener", "broadcast",
+]
+
+MESSAGE = 0
+EPHEMERAL = 1
+CORK_CAP = 64 * 1024
+MAX_QUEUED_BYTES = 16 * 1024 * 1024
+CLOSE_TIMEOUT = 2.0
+CLOSE_TRY_AGAIN = 1013
+SLOW_CONSUMER = "slow consumer: send queue overflowed; reconnect with since_seq"
+
+cdef enum:
+    _OP_TEXT = 0x1
+    _OP_BINARY = 0x2
+    _MIN_CORK_ALLOC = 4096
+    _PICOWS_WRITE_BUFFER = 128
+
+log = logging.getLogger("chathub.ws")
+
+cdef object _deque = collections.deque
+cdef object _get_running_loop = asyncio.get_running_loop
+
+
+cdef extern from "Python.h":
+    # CPython's member descriptor (what ``__slots__`` creates): its offset lets the
+    # fan-out read a slot of the hub's ``Conn`` without an attribute lookup.
+    ctypedef struct PyMemberDef:
+        const char* name
+        int type
+        Py_ssize_t offset
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
+    PyTypeObject PyMemberDescr_Type
+    PyTypeObject* Py_TYPE(object o)
+
+cdef extern from "structmember.h":
+    int Py_T_OBJECT_EX "T_OBJECT_EX"
+
+
+cdef class Fanout:
+    """Per-event-loop corking state and the slow-consumer limits, shared by the listeners.
+
+    ``loop`` is the loop whose ``call_soon`` runs the end-of-iteration flush and whose
+    ``call_later`` times a graceful close; None: the running loop, looked up when needed.
+    A Fanout serves one event loop: a flush scheduled on a loop that stops before running
+    it is not rescheduled elsewhere (call ``flush()`` by hand).
+    """
+
+    def __init__(self, Py_ssize_t max_queue_frames=1000, Py_ssize_t max_queue_bytes=MAX_QUEUED_BYTES,
+                 Py_ssize_t cork_cap=CORK_CAP, double close_timeout=CLOSE_TIMEOUT, loop=None):
+        if max_queue_frames < 1 or max_queue_bytes < 1 or cork_cap < 1:
+            raise ValueError("max_queue_frames, max_queue_bytes and cork_cap must be positive")
+        self.max_queue_frames = max_queue_frames
+        self.max_queue_bytes = max_queue_bytes
+        self.cork_cap = cork_cap
+        self.close_timeout = close_timeout
+        self.loop = loop
+        self._dirty = []
+        self._scheduled_on = None
+        self._flush_cb = self.flush
+
+    @property
+    def corked(self):
+        """Number of listeners waiting for the end-of-iteration flush."""
+        return len(self._dirty)
+
+    cdef object _get_loop(self):
+        return self.loop if self.loop is not None else _get_running_loop()
+
+    cdef int _mark(self, FanoutListener lst) except -1:
+        lst._dirty = True
+        self._dirty.append(lst)
+        if self._scheduled_on is None:  # the first in this iteration: one call_soon
+            loop = self._get_loop()
+            loop.call_soon(self._flush_cb)
+            self._scheduled_on = loop
+        return 0
+
+    def flush(self):
+        """Write every corked listener's frames (one write each). Runs once at the end of
+        every loop iteration in which something was corked."""
+        cdef list dirty = self._dirty
+        cdef FanoutListener lst
+        cdef Py_ssize_t i
+        self._dirty = []
+        self._scheduled_on = None
+        for i in range(len(dirty)):
+            lst = <FanoutListener>dirty[i]
+            lst._dirty = False
+            lst._flush()
+
+
+cdef class FanoutListener(WSListener):
+    """Send side of one WebSocket connection: cork, bounded queue, ordered close.
+
+    A picows listener base: the adapter (``chathub.server.ws.WsConnection``) subclasses it
+    and sets ``transport`` in ``on_ws_connected``. The send state lives in C fields; an
+    idle connection holds no buffer at all.
+    """
+
+    def __init__(self, Fanout fanout not None):
+        self.fanout = fanout
+
+    def __dealloc__(self):
+        if self._cork is not NULL:
+            free(self._cork)
+            self._cork = NULL
+
+    # ---------------------------------------------------------------- introspection
+
+    @property
+    def queued_frames(self):
+        return 0 if self._queue is None else len(self._queue)
+
+    @property
+    def corked_bytes(self):
+        return self._corked_size()
+
+    cpdef attach(self, WSTransport transport):
+        """Take the connection's transport (from ``on_ws_connected``) and trim what picows
+        keeps per connection but no longer needs once the handshake is done: the upgrade
+        request and response (headers and all) and the 1 KiB write buffer, replaced by
+        one of ``_PICOWS_WRITE_BUFFER`` bytes (the fan-out writes from its own buffers;
+        picows' own writes here are pings and close frames, whose header, code and
+        120-byte reason fit; anything bigger grows it again). About 2.4 KB a connection.
+        """
+        self.transport = transport
+        if transport is not None:
+            transport.request = None
+            transport.response = None
+            if transport._write_buffer is not None and transport._write_buffer.capacity > _PICOWS_WRITE_BUFFER:
+                transport._write_buffer = MemoryBuffer(_PICOWS_WRITE_BUFFER)
+
+    # ---------------------------------------------------------------- send side
+
+    def send_text(self, bytes payload not None, int kind=MESSAGE):
+        """Queue ``payload`` as one text frame (order kept with everything else sent here)."""
+        self._put(build_frame(_OP_TEXT, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), True, False), kind)
+
+    def send_binary(self, bytes payload not None, int kind=MESSAGE):
+        """Queue ``payload`` as one binary frame."""
+        self._put(build_frame(_OP_BINARY, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), True, False), kind)
+
+    def send_frame(self, bytes frame not None, int kind=MESSAGE):
+        """Queue an already encoded frame (header + payload); the bytes are not copied
+        unless corked behind another frame, and must not be changed afterwards."""
+        self._put(frame, kind)
+
+    cpdef flush(self):
+        """Write this connection's cork now (one write)."""
+        self._flush()
+
+    cpdef close(self, int code, str reason, bint abort=False):
+        """Close with ``code``: what is corked is written first, then the close frame;
+        queued frames are dropped. ``abort`` (slow consumer) drops the cork too and resets
+        the connection; otherwise the client has ``close_timeout`` seconds to answer."""
+        cdef WSTransport t = self.transport
+        if self.closing or t is None:
+            return
+        if not abort:
+            self._flush()
+            if self.closing:  # the write failed: already aborted
+                return
+        self.closing = True
+        self._release()
+        try:
+            t.send_close(<WSCloseCode>code, reason.encode()[:120])
+        finally:
+            if abort:
+                # a slow consumer cannot take a graceful close: its buffer would never drain
+                t.disconnect(False)
+            else:
+                # wait for the client's close frame, but not for long
+                self.fanout._get_loop().call_later(self.fanout.close_timeout, (<object>t).disconnect)
+
+    cpdef release(self):
+        """The connection is gone: drop everything held for it (no write)."""
+        self.closing = True
+        self._release()
+
+    cpdef pause_writing(self):
+        self.paused = True
+
+    cpdef resume_writing(self):
+        """The transport drained below its low-water mark: write the cork, then the queue,
+        coalesced up to ``cork_cap`` bytes a write, until it pauses again."""
+        cdef bytes frame
+        cdef Py_ssize_t cap = self.fanout.cork_cap
+        cdef Py_ssize_t size
+        self.paused = False
+        if self.closing:
+            return
+        self._flush()  # corked frames are older than the queued ones
+        q = self._queue
+        while q is not None and not self.paused and not self.closing:
+            frame = <bytes>q[0]
+            size = self._corked_size()
+            if size and size + PyBytes_GET_SIZE(frame) > cap:
+                self._flush()  # may pause: then the frame stays queued
+                continue
+            q.popleft()
+            self.queued_bytes -= PyBytes_GET_SIZE(frame)
+            if not q:
+                self._queue = q = None
+            self._append(frame)
+            if self._corked_size() >= cap:
+                self._flush()
+        self._flush()
+
+    # ---------------------------------------------------------------- C level
+
+    cdef Py_ssize_t _corked_size(self) noexcept:
+        if self._pending is not None:
+            return PyBytes_GET_SIZE(self._pending)
+        return self._cork_len
+
+    cdef int _put(self, bytes frame, int kind) except -1:
+        """The one entry point for every frame to this connection."""
+        cdef Py_ssize_t n, size, cap
+        if self.closing or self.transport is None:
+            return 0
+        if self.paused or self._queue is not None:
+            return self._enqueue(frame, kind)
+        n = PyBytes_GET_SIZE(frame)
+        cap = self.fanout.cork_cap
+        size = self._corked_size()
+        if size and size + n > cap:
+            self._flush()
+            if self.closing:
+                return 0
+            if self.paused:
+                return self._enqueue(frame, kind)
+        self._append(frame)
+        if not self._dirty:
+            self.fanout._mark(self)
+        if self._corked_size() >= cap:
+            self._flush()
+        return 0
+
+    cdef int _enqueue(self, bytes frame, int kind) except -1:
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
+        cdef Fanout f = self.fanout
+        q = self._queue
+        if kind == EPHEMERAL:
+            self.shed += 1
+            return 0
+        if (q is not None and len(q) >= f.max_queue_frames) or self.queued_bytes + n > f.max_queue_bytes:
+            self.close(CLOSE_TRY_AGAIN, SLOW_CONSUMER, True)
+            return 0
+        if q is None:
+            self._queue = q = _deque()
+        q.append(frame)
+        self.queued_bytes += n
+        return 0
+
+    cdef int _append(self, bytes frame) except -1:
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
+        cdef Py_ssize_t need, alloc
+        cdef char* p
+        if self._pending is None and self._cork_len == 0:
+            self._pending = frame
+            return 0
+        need = self._corked_size() + n
+        if self._cork is NULL:
+            alloc = _MIN_CORK_ALLOC
+            while alloc < need:
+                alloc *= 2
+            p = <char*>malloc(alloc)
+            if p is NULL:
+                raise MemoryError()
+            self._cork = p
+            self._cork_alloc = alloc
+            memcpy(p, PyBytes_AS_STRING(self._pending), PyBytes_GET_SIZE(self._pending))
+            self._cork_len = PyBytes_GET_SIZE(self._pending)
+            self._pending = None
+        elif need > self._cork_alloc:
+            alloc = self._cork_alloc * 2
+            while alloc < need:
+                alloc *= 2
+            p = <char*>realloc(self._cork, alloc)
+            if p is NULL:
+                raise MemoryError()
+            self._cork = p
+            self._cork_alloc = alloc
+        memcpy(self._cork + self._cork_len, PyBytes_AS_STRING(frame), n)
+        self._cork_len += n
+        return 0
+
+    cdef int _flush(self) except -1:
+        """Write what is corked in one write; nothing after a close frame or a disconnect."""
+        cdef bytes pending = self._pending
+        cdef char* buf = self._cork
+        cdef Py_ssize_t n = self._cork_len
+        cdef WSTransport t = self.transport
+        if pending is None and buf is NULL:
+            return 0
+        # take the data out first: the write may call back (pause_writing)
+        self._pending = None
+        self._cork = NULL
+        self._cork_len = 0
+        self._cork_alloc = 0
+        try:
+            if self.closing or t is None or t.is_close_frame_sent or t.is_disconnected:
+                return 0
+            if t.underlying_transport.is_closing():
+                return 0  # closed under us (reset): its fd may be gone, the write must not happen
+            if pending is not None:
+                t._fast_write(PyBytes_AS_STRING(pending), PyBytes_GET_SIZE(pending))
+            else:
+                t._fast_write(buf, n)
+        except Exception:
+            log.warning("write to a WebSocket failed; dropping the connection", exc_info=True)
+            self.closing = True
+            self._release()
+            try:
+                t.disconnect(False)
+            except Exception:
+                pass
+        finally:
+            if buf is not NULL:
+                free(buf)
+        return 0
+
+    cdef void _release(self) noexcept:
+        self._pending = None
+        if self._cork is not NULL:
+            free(self._cork)
+            self._cork = NULL
+        self._cork_len = 0
+        self._cork_alloc = 0
+        self._queue = None
+        self.queued_bytes = 0
+
+
+# -------------------------------------------------------------------- broadcast
+
+# The hub's Conn keeps ``handle`` and ``gzip`` in __slots__: once its type is seen, both
+# are read straight from the instance at their slot offsets (guarded by an exact type
+# check); any other object is read with getattr.
+cdef PyTypeObject* _slot_type = NULL
+cdef object _slot_type_ref = None
+cdef Py_ssize_t _handle_off = 0
+cdef Py_ssize_t _gzip_off = 0
+
+
+cdef Py_ssize_t _slot_offset(object tp, str name) except -2:
+    """Offset of the ``__slots__`` member ``name`` of ``tp``, or -1 if it is not a plain
+    slot (a property, a class attribute, a custom ``__getattribute__``...)."""
+    cdef PyMemberDescrObject* d
+    for klass in tp.__mro__:
+        found = klass.__dict__.get(name)
+        if found is not None:
+            if Py_TYPE(found) is not &PyMemberDescr_Type:
+                return -1
+            d = <PyMemberDescrObject*><PyObject*>found
+            if d.d_member.type != Py_T_OBJECT_EX:
+                return -1
+            return d.d_member.offset
+    return -1
+
+
+cdef int _learn(object c) except -1:
+    global _slot_type, _slot_type_ref, _handle_off, _gzip_off
+    cdef Py_ssize_t h, g
+    tp = type(c)
+    if tp.__getattribute__ is not object.__getattribute__:
+        return 0
+    h = _slot_offset(tp, "handle")
+    g = _slot_offset(tp, "gzip")
+    if h < 0 or g < 0:
+        return 0
+    _slot_type_ref = tp  # keeps the type alive while its pointer is cached
+    _slot_type = <PyTypeObject*>tp
+    _handle_off = h
+    _gzip_off = g
+    return 0
+
+
+cdef inline object _slot(object c, Py_ssize_t off, str name):
+    cdef PyObject* v = (<PyObject**>((<char*><PyObject*>c) + off))[0]
+    if v is NULL:
+        return getattr(c, name)  # unset slot: AttributeError, as for getattr
+    return <object>v
+
+
+def broadcast(conns, bytes payload not None, int kind=MESSAGE, Py_ssize_t gzip_threshold=1024,
+              compress=None):
+    """Write ``payload`` to every connection of ``conns`` (hub ``Conn``s, or anything with
+    ``handle`` and ``gzip``); return how many had a handle.
+
+    The text frame is built once and the same bytes are corked for every recipient whose
+    handle is a ``FanoutListener``. A payload longer than ``gzip_threshold`` goes to
+    recipients with ``gzip`` set as one binary frame of ``compress(payload)``, computed
+    once, only if there is such a recipient. Other handles (tests' in-memory ones) get
+    ``send_text(payload, kind)`` / ``send_binary(gz, kind)``.
+    """
+    return c_broadcast(conns, payload, kind, gzip_threshold, compress)
+
+
+cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gzip_threshold,
+                            object compress) except -1:
+    cdef Py_ssize_t i, n = 0
+    cdef bint big = compress is not None and PyBytes_GET_SIZE(payload) > gzip_threshold
+    cdef bint gz_wanted
+    cdef bytes frame = None
+    cdef bytes gzframe = None
+    cdef object gz = None
+    cdef object seq
+    cdef object c, h
+    if type(conns) is list or type(conns) is tuple:
+        seq = conns
+    else:
+        seq = list(conns)
+    for i in range(len(seq)):
+        if i >= len(seq):  # shrunk by a fallback handle's send_*
+            break
+        c = seq[i]
+        if Py_TYPE(c) is _slot_type:
+            h = _slot(c, _handle_off, "handle")
+        else:
+            _learn(c)
+            h = c.handle
+        if h is None:
+            continue
+        n += 1
+        gz_wanted = False
+        if big:
+            if Py_TYPE(c) is _slot_type:
+                gz_wanted = _slot(c, _gzip_off, "gzip")
+            else:
+                gz_wanted = c.gzip
+        if gz_wanted:
+            if gz is None:
+                gz = compress(payload)
+                if type(gz) is not bytes:
+                    gz = bytes(gz)
+            if isinstance(h, FanoutListener):
+                if gzframe is None:
+                    gzframe = build_frame(_OP_BINARY, PyBytes_AS_STRING(gz), PyBytes_GET_SIZE(gz), True, False)
+                (<FanoutListener>h)._put(gzframe, kind)
+            else:
+                h.send_binary(gz, kind)
+        elif isinstance(h, FanoutListener):
+            if frame is None:
+                frame = build_frame(_OP_TEXT, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), True, False)
+            (<FanoutListener>h)._put(frame, kind)
+        else:
+            h.send_text(payload, kind)
+    return n

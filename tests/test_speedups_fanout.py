@@ -1,0 +1,615 @@
+"""The fan-out (``chathub._fastpath._fanout``) and its pure-Python twin.
+
+Each connection is a real picows ``WSTransport`` over an in-memory transport that records
+every write, close and abort (its ``get_write_buffer_size`` never says 0, so picows'
+C-level fast write hands the bytes to ``write`` instead of a socket). The unit tests run
+on both implementations; the differential test drives both with the same random script of
+broadcasts, sends, pauses, drains, resumes, resets and closes, and requires the same writes
+(byte for byte, write for write), the same closes and the same listener state.
+"""
+
+from __future__ import annotations
+
+import gzip as _gzip
+import logging
+import random
+import struct
+import types
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from picows import WSCloseCode, WSTransport
+
+from chathub._fastpath import _fanout_py
+from chathub.core.hub import EPHEMERAL, MESSAGE, Conn
+from tests._differential import extensions_disabled, import_compiled
+
+LOGGER = logging.getLogger("tests.fanout")
+
+
+def _compiled() -> Any:
+    return import_compiled("chathub._fastpath._fanout")
+
+
+@pytest.fixture(params=["compiled", "python"])
+def impl(request: pytest.FixtureRequest) -> Any:
+    return _compiled() if request.param == "compiled" else _fanout_py
+
+
+# ---------------------------------------------------------------- in-memory transport
+
+
+class FakeLoop:
+    """What the fan-out needs of a loop: call_soon (end-of-iteration flush), call_later
+    (graceful close timeout) and, for WSTransport, create_future."""
+
+    def __init__(self) -> None:
+        self.soon: list[Any] = []
+        self.later: list[tuple[float, Any]] = []
+        self.scheduled = 0
+
+    def call_soon(self, cb: Any, *args: Any) -> None:
+        self.scheduled += 1
+        self.soon.append((cb, args))
+
+    def call_later(self, delay: float, cb: Any, *args: Any) -> None:
+        self.later.append((delay, cb))
+
+    def create_future(self) -> None:
+        return None
+
+    def end_iteration(self) -> None:
+        soon, self.soon = self.soon, []
+        for cb, args in soon:
+            cb(*args)
+
+
+class _Sock:
+    def fileno(self) -> int:
+        return -1
+
+
+class FakeTransport:
+    """Records writes; pauses its protocol above ``high`` buffered bytes (synchronously,
+    inside ``write``, as uvloop does); ``drain`` empties the buffer and resumes."""
+
+    def __init__(self, high: int = 1 << 62) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self.high = high
+        self.buffered = 0
+        self.closing = False
+        self.paused = False
+        self.broken = False
+        self.listener: Any = None
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return _Sock() if name == "socket" else default
+
+    def get_write_buffer_size(self) -> int:
+        return 1  # never 0: picows never calls send() on the fake fd
+
+    def write(self, data: Any) -> None:
+        if self.broken:
+            raise RuntimeError("transport is gone")
+        self.events.append(("write", bytes(data)))
+        self.buffered += len(data)
+        if not self.paused and self.buffered > self.high:
+            self.paused = True
+            self.listener.pause_writing()
+
+    def writelines(self, chunks: Any) -> None:
+        self.write(b"".join(bytes(c) for c in chunks))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.events.append(("close",))
+        self.closing = True
+
+    def abort(self) -> None:
+        self.events.append(("abort",))
+        self.closing = True
+
+    def drain(self) -> None:
+        self.buffered = 0
+        if self.paused and not self.closing:
+            self.paused = False
+            self.listener.resume_writing()
+
+
+class Peer:
+    """One connection: a listener of ``mod`` on a WSTransport over a FakeTransport."""
+
+    def __init__(self, mod: Any, fanout: Any, loop: FakeLoop, *, gzip: bool = False, high: int = 1 << 62) -> None:
+        self.raw = FakeTransport(high)
+        self.transport = WSTransport(False, self.raw, LOGGER, loop)  # type: ignore[call-arg]  # not public API
+        self.listener = mod.FanoutListener(fanout)
+        self.listener.transport = self.transport
+        self.raw.listener = self.listener
+        self.conn = Conn("c", 0.0, self.listener)
+        self.conn.gzip = gzip
+
+    def writes(self) -> list[bytes]:
+        return [e[1] for e in self.raw.events if e[0] == "write"]
+
+    def stream(self) -> bytes:
+        return b"".join(self.writes())
+
+
+def make(mod: Any, n: int = 1, *, gzip: bool = False, high: int = 1 << 62, **kw: Any) -> tuple[FakeLoop, Any, list[Peer]]:
+    loop = FakeLoop()
+    fanout = mod.Fanout(loop=loop, **kw)
+    return loop, fanout, [Peer(mod, fanout, loop, gzip=gzip, high=high) for _ in range(n)]
+
+
+def frame(op: int, payload: bytes) -> bytes:
+    n = len(payload)
+    if n <= 125:
+        head = bytes((0x80 | op, n))
+    elif n <= 0xFFFF:
+        head = struct.pack("!BBH", 0x80 | op, 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | op, 127, n)
+    return head + payload
+
+
+def close_frame(code: int, reason: str) -> bytes:
+    return frame(0x8, struct.pack("!H", code) + reason.encode())
+
+
+class RecordingHandle:
+    """A non-fan-out handle (as in tests/test_node.py): gets raw payloads."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, bytes, int]] = []
+
+    def send_text(self, payload: bytes, kind: int) -> None:
+        self.got.append(("text", payload, kind))
+
+    def send_binary(self, payload: bytes, kind: int) -> None:
+        self.got.append(("binary", payload, kind))
+
+
+# ---------------------------------------------------------------- both implementations
+
+
+def test_constants_match_the_hub(impl: Any) -> None:
+    assert (impl.MESSAGE, impl.EPHEMERAL) == (MESSAGE, EPHEMERAL)
+    assert impl.CORK_CAP == 64 * 1024 and impl.MAX_QUEUED_BYTES == 16 * 1024 * 1024
+
+
+def test_broadcast_writes_the_same_frame_once_per_connection_at_iteration_end(impl: Any) -> None:
+    loop, fanout, peers = make(impl, 5)
+    payload = b'{"ev":"message","text":"hi"}'
+    assert impl.broadcast([p.conn for p in peers], payload, MESSAGE) == 5
+    assert all(p.raw.events == [] for p in peers)  # corked until the end of the iteration
+    assert fanout.corked == 5 and loop.scheduled == 1
+    loop.end_iteration()
+    for p in peers:
+        assert p.writes() == [frame(1, payload)]
+        assert p.listener.corked_bytes == 0
+    assert fanout.corked == 0
+
+
+def test_frames_of_one_iteration_are_coalesced_into_one_write(impl: Any) -> None:
+    loop, fanout, (p, q) = make(impl, 2)
+    impl.broadcast([p.conn, q.conn], b"one", MESSAGE)
+    p.listener.send_text(b"reply", MESSAGE)
+    impl.broadcast([p.conn], b"two", EPHEMERAL)
+    p.listener.send_binary(b"\x00bin", MESSAGE)
+    assert loop.scheduled == 1
+    loop.end_iteration()
+    assert p.writes() == [frame(1, b"one") + frame(1, b"reply") + frame(1, b"two") + frame(2, b"\x00bin")]
+    assert q.writes() == [frame(1, b"one")]
+    # next iteration: scheduled again, written again
+    impl.broadcast([p.conn], b"three", MESSAGE)
+    assert loop.scheduled == 2
+    loop.end_iteration()
+    assert p.writes()[-1] == frame(1, b"three")
+
+
+def test_cork_is_written_when_it_reaches_the_cap(impl: Any) -> None:
+    loop, fanout, (p,) = make(impl, cork_cap=1000)
+    a, b, c = b"a" * 400, b"b" * 400, b"c" * 400
+    p.listener.send_text(a)
+    p.listener.send_text(b)
+    assert p.writes() == []
+    p.listener.send_text(c)  # would pass the cap: the cork is written first
+    assert p.writes() == [frame(1, a) + frame(1, b)]
+    big = b"d" * 5000  # bigger than the cap on its own: written at once, not copied
+    p.listener.send_text(big)
+    assert p.writes()[1:] == [frame(1, c), frame(1, big)]
+    loop.end_iteration()
+    assert len(p.writes()) == 3
+    p.listener.send_text(b"x" * 998)  # reaches the cap exactly (2-byte header)
+    assert p.writes()[3:] == [frame(1, b"x" * 998)]
+
+
+def test_gzip_variant_is_compressed_once_and_only_when_wanted(impl: Any) -> None:
+    calls: list[bytes] = []
+
+    def compress(data: bytes) -> bytes:
+        calls.append(data)
+        return _gzip.compress(data, mtime=0)
+
+    loop, fanout, peers = make(impl, 3)
+    peers[1].conn.gzip = True
+    peers[2].conn.gzip = True
+    small, big = b"s" * 1024, b'{"text":"' + b"b" * 2000 + b'"}'
+    conns = [p.conn for p in peers]
+    impl.broadcast(conns, small, MESSAGE, 1024, compress)
+    assert calls == []  # not above the threshold
+    impl.broadcast(conns[:1], big, MESSAGE, 1024, compress)
+    assert calls == []  # no gzip recipient
+    impl.broadcast(conns, big, MESSAGE, 1024, compress)
+    assert calls == [big]
+    loop.end_iteration()
+    gz = _gzip.compress(big, mtime=0)
+    assert peers[0].writes() == [frame(1, small) + frame(1, big) + frame(1, big)]
+    assert peers[1].writes() == [frame(1, small) + frame(2, gz)]
+    assert peers[2].writes() == peers[1].writes()
+    impl.broadcast(conns, big, MESSAGE, 1024, None)  # no compressor: text for everyone
+    loop.end_iteration()
+    assert peers[1].writes()[-1] == frame(1, big)
+
+
+def test_other_handles_get_payloads_and_missing_handles_are_skipped(impl: Any) -> None:
+    loop, fanout, (p,) = make(impl)
+    rec = RecordingHandle()
+    gone = Conn("gone", 0.0, None)
+    other = types.SimpleNamespace(handle=rec, gzip=True)
+    big = b"z" * 2000
+    assert impl.broadcast((p.conn, gone, other), b"hello", EPHEMERAL) == 2
+    assert impl.broadcast(iter([other]), big, MESSAGE, 1024, lambda d: b"GZ") == 1
+    assert rec.got == [("text", b"hello", EPHEMERAL), ("binary", b"GZ", MESSAGE)]
+    loop.end_iteration()
+    assert p.writes() == [frame(1, b"hello")]
+
+
+def test_conn_subclass_with_a_handle_property_is_read_with_getattr(impl: Any) -> None:
+    loop, fanout, (p, q) = make(impl, 2)
+
+    class Redirect(Conn):
+        __slots__ = ()
+        handle = property(lambda self: q.listener, lambda self, value: None)  # type: ignore[assignment]
+
+    r = Redirect("r", 0.0, p.listener)
+    impl.broadcast([p.conn, r, p.conn], b"m", MESSAGE)
+    loop.end_iteration()
+    assert p.writes() == [frame(1, b"m") * 2]
+    assert q.writes() == [frame(1, b"m")]
+
+
+def test_paused_connection_queues_messages_and_sheds_ephemeral_events(impl: Any) -> None:
+    loop, fanout, (p,) = make(impl)
+    lst = p.listener
+    lst.send_text(b"before")
+    lst.pause_writing()
+    lst.send_text(b"m1", MESSAGE)
+    lst.send_text(b"typing", EPHEMERAL)
+    impl.broadcast([p.conn], b"m2", MESSAGE)
+    impl.broadcast([p.conn], b"receipt", EPHEMERAL)
+    assert (lst.queued_frames, lst.shed) == (2, 2)
+    assert lst.queued_bytes == len(frame(1, b"m1")) + len(frame(1, b"m2"))
+    loop.end_iteration()  # the cork is older than the queue: written now
+    assert p.writes() == [frame(1, b"before")]
+    lst.resume_writing()
+    assert p.writes()[1:] == [frame(1, b"m1") + frame(1, b"m2")]
+    assert (lst.queued_frames, lst.queued_bytes) == (0, 0)
+    lst.send_text(b"typing", EPHEMERAL)  # caught up: ephemeral events flow again
+    loop.end_iteration()
+    assert p.writes()[-1] == frame(1, b"typing")
+
+
+def test_resume_writes_the_cork_before_the_queue(impl: Any) -> None:
+    loop, fanout, (p,) = make(impl)
+    p.listener.send_text(b"corked")
+    p.listener.pause_writing()
+    p.listener.send_text(b"queued")
+    p.listener.resume_writing()  # before the end-of-iteration flush
+    assert p.writes() == [frame(1, b"corked"), frame(1, b"queued")]
+    loop.end_iteration()
+    assert len(p.writes()) == 2
+
+
+def test_resume_stops_when_the_transport_pauses_again(impl: Any) -> None:
+    loop, fanout, (p,) = make(impl, cork_cap=100, high=150)
+    lst = p.listener
+    lst.pause_writing()
+    p.raw.paused = True
+    frames = [frame(1, b"%02d" % i + b"q" * 38) for i in range(10)]  # 42 bytes each
+    for f in frames:
+        lst.send_text(f[2:])
+    p.raw.drain()  # two frames a write (cap 100) until the buffer passes 150 bytes
+    assert p.writes() == [frames[0] + frames[1], frames[2] + frames[3]]
+    assert lst.paused and lst.queued_frames == 6 and lst.corked_bytes == 0
+    p.raw.drain()
+    assert p.writes()[2:] == [frames[4] + frames[5], frames[6] + frames[7]]
+    assert lst.paused and lst.queued_frames == 2
+    p.raw.drain()
+    assert p.writes()[4:] == [frames[8] + frames[9]]
+    assert not lst.paused and lst.queued_frames == 0 and lst.queued_bytes == 0
+
+
+def test_queue_overflow_closes_1013_and_aborts(impl: Any) -> None:
+    loop, fanout, (p, q) = make(impl, 2, max_queue_frames=3)
+    lst = p.listener
+    lst.send_text(b"corked")
+    lst.pause_writing()
+    for i in range(3):
+        impl.broadcast([p.conn, q.conn], b"m%d" % i, MESSAGE)
+    assert lst.queued_frames == 3 and not lst.closing
+    impl.broadcast([p.conn, q.conn], b"m3", MESSAGE)
+    assert lst.closing and lst.queued_frames == 0 and lst.corked_bytes == 0
+    reason = impl.SLOW_CONSUMER
+    assert p.raw.events == [("write", close_frame(1013, reason)), ("abort",)]
+    impl.broadcast([p.conn, q.conn], b"m4", MESSAGE)  # closing: dropped
+    loop.end_iteration()
+    assert p.raw.events == [("write", close_frame(1013, reason)), ("abort",)]
+    assert q.writes() == [b"".join(frame(1, b"m%d" % i) for i in range(5))]
+
+
+def test_queue_byte_cap(impl: Any) -> None:
+    loop, fanout, (p,) = make(impl, max_queue_bytes=100)
+    p.listener.pause_writing()
+    p.listener.send_text(b"a" * 60)
+    assert not p.listener.closing
+    p.listener.send_text(b"b" * 60)
+    assert p.listener.closing and p.raw.events[-1] == ("abort",)
+
+
+def test_close_writes_the_cork_first_and_waits_for_the_client(impl: Any) -> None:
+    loop, fanout, (p,) = make(impl, close_timeout=1.5)
+    p.listener.send_text(b"last words")
+    p.listener.pause_writing()
+    p.listener.send_text(b"queued: dropped by the close")
+    p.listener.close(1001, "going away")
+    assert p.raw.events == [("write", frame(1, b"last words")), ("write", close_frame(1001, "going away"))]
+    assert [d for d, _ in loop.later] == [1.5]
+    p.listener.send_text(b"after")
+    p.listener.close(1000, "again")
+    loop.end_iteration()
+    loop.later[0][1]()  # the client never answered
+    assert p.raw.events[2:] == [("close",)]
+
+
+def test_close_reason_is_cut_at_120_bytes(impl: Any) -> None:
+    loop, fanout, (p,) = make(impl)
+    p.listener.close(4001, "x" * 300, abort=True)
+    assert p.raw.events == [("write", close_frame(4001, "x" * 120)), ("abort",)]
+
+
+def test_attach_keeps_pings_and_closes_working(impl: Any) -> None:
+    """attach() trims picows' per-connection state (compiled); picows' own writes of the
+    connection (pings, close frames with the longest reason) still come out whole."""
+    loop, fanout, (p,) = make(impl)
+    p.listener.attach(p.transport)
+    assert p.listener.transport is p.transport
+    assert p.transport.request is None and p.transport.response is None
+    p.transport.send_ping()
+    p.transport.send_pong(b"p" * 125)
+    p.listener.send_text(b"m" * 3000)
+    p.listener.close(1001, "r" * 200)
+    assert p.raw.events == [("write", frame(0x9, b"")), ("write", frame(0xA, b"p" * 125)),
+                            ("write", frame(1, b"m" * 3000)), ("write", close_frame(1001, "r" * 120))]
+
+
+def test_nothing_is_written_after_a_close_frame_or_a_reset(impl: Any) -> None:
+    loop, fanout, (p, q, r) = make(impl, 3)
+    conns = [p.conn, q.conn, r.conn]
+    impl.broadcast(conns, b"x", MESSAGE)
+    p.transport.send_close(WSCloseCode.OK)  # picows closed it itself (e.g. a protocol error)
+    q.raw.closing = True  # the peer reset it
+    r.listener.release()  # on_ws_disconnected
+    loop.end_iteration()
+    assert p.raw.events == [("write", close_frame(1000, ""))]
+    assert q.raw.events == [] and r.raw.events == []
+    assert impl.broadcast(conns, b"y", MESSAGE) == 3
+    loop.end_iteration()
+    assert len(p.raw.events) == 1 and q.raw.events == [] and r.raw.events == []
+
+
+def test_a_failing_write_drops_only_that_connection(impl: Any) -> None:
+    loop, fanout, (p, q) = make(impl, 2)
+
+    p.raw.broken = True
+    q_transport = q.transport
+    impl.broadcast([p.conn, q.conn], b"x", MESSAGE)
+    loop.end_iteration()
+    assert p.listener.closing and p.raw.events == [("abort",)]
+    assert q.writes() == [frame(1, b"x")] and q_transport is q.listener.transport
+
+
+def test_argument_types(impl: Any) -> None:
+    loop, fanout, (p,) = make(impl)
+    with pytest.raises(TypeError):
+        impl.broadcast([p.conn], "text", MESSAGE)
+    with pytest.raises(TypeError):
+        p.listener.send_text("text")
+    with pytest.raises(TypeError):
+        impl.FanoutListener(None)
+    with pytest.raises(ValueError):
+        impl.Fanout(max_queue_frames=0)
+
+
+def test_frames_wait_until_connected(impl: Any) -> None:
+    loop = FakeLoop()
+    lst = impl.FanoutListener(impl.Fanout(loop=loop))
+    lst.send_text(b"nowhere")
+    assert impl.broadcast([Conn("c", 0.0, lst)], b"x") == 1
+    assert lst.corked_bytes == 0 and loop.soon == []
+
+
+# ---------------------------------------------------------------- differential
+
+
+OPS = ("broadcast", "send_text", "send_binary", "end", "pause", "drain", "resume", "close", "reset", "release")
+WEIGHTS = (30, 8, 3, 15, 5, 8, 3, 1, 0.5, 0.5)
+
+
+def run_script(mod: Any, seed: int, steps: int) -> dict[str, Any]:
+    """Play one random script against ``mod``; return everything observable."""
+    rnd = random.Random(seed)
+    loop = FakeLoop()
+    fanout = mod.Fanout(max_queue_frames=rnd.choice([2, 5, 50]), max_queue_bytes=rnd.choice([3000, 1 << 20]),
+                       cork_cap=rnd.choice([200, 4096, 65536]), close_timeout=2.0, loop=loop)
+    peers = [Peer(mod, fanout, loop, gzip=rnd.random() < 0.3, high=rnd.choice([300, 5000, 1 << 40]))
+             for _ in range(rnd.randint(1, 8))]
+    others = [RecordingHandle() for _ in range(2)]
+    conns: list[Any] = [p.conn for p in peers]
+    conns += [Conn("o%d" % i, 0.0, h) for i, h in enumerate(others)]
+    conns.append(Conn("none", 0.0, None))
+    out: list[Any] = []
+
+    def compress(data: bytes) -> bytes:
+        out.append(("compress", len(data)))
+        return _gzip.compress(data, mtime=0)
+
+    def payload() -> bytes:
+        n = rnd.choice([0, 1, 5, 125, 126, 1000, 1025, 3000, 70000])
+        return bytes(rnd.getrandbits(8) for _ in range(min(n, 64))) * (n // 64) + b"p" * (n % 64)
+
+    for _ in range(steps):
+        op = rnd.choices(OPS, WEIGHTS)[0]
+        p = rnd.choice(peers)
+        kind = rnd.choice([MESSAGE, EPHEMERAL])
+        if op == "broadcast":
+            targets = rnd.sample(conns, rnd.randint(0, len(conns)))
+            out.append(("n", mod.broadcast(targets, payload(), kind, 1024, compress)))
+        elif op == "send_text":
+            p.listener.send_text(payload(), kind)
+        elif op == "send_binary":
+            p.listener.send_binary(payload(), kind)
+        elif op == "end":
+            loop.end_iteration()
+        elif op == "pause":
+            p.raw.paused = True
+            p.listener.pause_writing()
+        elif op == "drain":
+            p.raw.drain()
+        elif op == "resume":
+            p.raw.paused = False
+            p.listener.resume_writing()
+        elif op == "close":
+            p.listener.close(rnd.choice([1000, 1001, 4001]), "bye", abort=rnd.random() < 0.5)
+        elif op == "reset":
+            p.raw.closing = True
+        elif op == "release":
+            p.listener.release()
+        out.append(("state", fanout.corked, [
+            (q.listener.closing, q.listener.paused, q.listener.shed, q.listener.queued_frames,
+             q.listener.queued_bytes, q.listener.corked_bytes) for q in peers]))
+    loop.end_iteration()
+    return {
+        "trace": out,
+        "events": [p.raw.events for p in peers],
+        "others": [h.got for h in others],
+        "scheduled": loop.scheduled,
+        "later": [d for d, _ in loop.later],
+    }
+
+
+@settings(deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), steps=st.integers(1, 120))
+def test_compiled_and_twin_write_the_same_bytes(seed: int, steps: int) -> None:
+    compiled = _compiled()
+    a = run_script(compiled, seed, steps)
+    b = run_script(_fanout_py, seed, steps)
+    assert a["events"] == b["events"]
+    assert a == b
+
+
+def test_differential_long_scripts() -> None:
+    compiled = _compiled()
+    for seed in range(40):
+        a = run_script(compiled, seed, 600)
+        b = run_script(_fanout_py, seed, 600)
+        assert a == b, seed
+    assert any(ev for ev in a["events"])
+
+
+def test_twin_is_selected_by_speedups() -> None:
+    from chathub import speedups
+
+    if extensions_disabled():
+        assert speedups.broadcast is _fanout_py.broadcast
+        assert speedups.FanoutListener is _fanout_py.FanoutListener
+    else:
+        assert speedups.broadcast.__module__ == "chathub._fastpath._fanout"
+        assert speedups.FanoutListener.__module__ == "chathub._fastpath._fanout"
+        assert speedups.Fanout is _compiled().Fanout
+
+
+# ---------------------------------------------------------------- real sockets
+
+
+def test_real_socket_order_backpressure_and_close(impl: Any) -> None:
+    """A picows server whose listener is the fan-out's, a picows client that reads slowly
+    at first: every frame arrives once, in order (broadcasts, replies, a burst far beyond
+    the socket buffers, so the transport pauses and the queue drains on resume), then
+    the close frame."""
+    import asyncio
+
+    import uvloop
+    from picows import WSListener, WSMsgType, ws_connect, ws_create_server
+
+    n_burst = 3000
+    big = b"b" * 4000
+
+    async def go() -> tuple[list[Any], int | None, int]:
+        loop = asyncio.get_running_loop()
+        fanout = impl.Fanout(max_queue_frames=10 * n_burst, loop=loop)
+        server_side: list[Any] = []
+
+        class Server(impl.FanoutListener):  # type: ignore[misc, name-defined]
+            def on_ws_connected(self, transport: Any) -> None:
+                self.attach(transport)
+                server_side.append(self)
+
+        got: list[Any] = []
+        closed: asyncio.Future[int | None] = loop.create_future()
+
+        class Client(WSListener):  # type: ignore[misc]
+            def on_ws_frame(self, transport: Any, frame: Any) -> None:
+                if frame.msg_type == WSMsgType.CLOSE:
+                    if not closed.done():
+                        closed.set_result(frame.get_close_code())
+                    transport.send_close(frame.get_close_code())
+                    transport.disconnect()
+                else:
+                    got.append((frame.msg_type, frame.get_payload_as_bytes()[:12]))
+
+        server = await ws_create_server(lambda r: Server(fanout), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        tr, _ = await ws_connect(Client, f"ws://127.0.0.1:{port}/")
+        while not server_side:
+            await asyncio.sleep(0.01)
+        s = server_side[0]
+        conn = Conn("c", 0.0, s)
+        tr.underlying_transport.pause_reading()  # a slow reader: the server's buffers fill
+        impl.broadcast([conn], b"first", MESSAGE)
+        s.send_text(b"reply-1", MESSAGE)
+        for i in range(n_burst):
+            impl.broadcast([conn], b"%05d" % i + big, MESSAGE)
+        await asyncio.sleep(0.2)
+        paused = s.paused
+        queued = s.queued_frames
+        s.send_text(b"typing", EPHEMERAL)  # behind: shed
+        s.send_binary(b"last", MESSAGE)
+        s.close(1001, "bye")
+        tr.underlying_transport.resume_reading()
+        code = await asyncio.wait_for(closed, 20)
+        assert paused and queued > 0, (paused, queued)
+        server.close()
+        return got, code, s.shed
+
+    got, code, shed = uvloop.run(go())
+    assert code == 1001
+    # the close dropped what was still queued: a gap-free prefix of the burst came first
+    assert got[:2] == [(WSMsgType.TEXT, b"first"), (WSMsgType.TEXT, b"reply-1")]
+    burst = [p for t, p in got[2:]]
+    assert burst == [b"%05d" % i + big[:7] for i in range(len(burst))]
+    assert shed == 1
