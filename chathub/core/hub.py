@@ -124,7 +124,7 @@ class Room:
 
     __slots__ = (
         "key", "tenant_id", "name", "conns", "users", "last_seq", "replaying", "typing", "meta",
-        "departing", "batch",
+        "departing", "batch", "floor",
     )
 
     def __init__(self, key: str, tenant_id: int, name: str, meta: RoomMeta | None = None) -> None:
@@ -137,6 +137,9 @@ class Room:
         self.last_seq = -1  # -1: not known yet on this node
         # conn id -> live messages held back while that connection replays history
         self.replaying: dict[str, list[tuple[int, bytes]]] = {}
+        # conn id -> highest seq a finished replay sent it: a live copy of one of those
+        # messages arriving late (another store connection, another node) is dropped
+        self.floor: dict[str, int] = {}
         self.typing: dict[int, float] = {}  # user id -> when the start lapses
         # users whose last connection closed: still shown online until the grace ends
         self.departing: dict[int, float] = {}
@@ -383,6 +386,7 @@ class Hub:
         effects: list[Effect] = []
         del r.conns[conn.id]
         r.replaying.pop(conn.id, None)
+        r.floor.pop(conn.id, None)
         conn.rooms.discard(r.key)
         claims = conn.claims
         assert claims is not None
@@ -466,14 +470,21 @@ class Hub:
             return []
         if seq > 0 and seq > r.last_seq:
             r.last_seq = seq
-        if not r.replaying:
+        if not r.replaying and not r.floor:
             targets = [c for cid, c in r.conns.items() if cid != origin]
             return [Broadcast(targets, payload, kind)] if targets else []
         effects: list[Effect] = []
         targets = []
+        floor = r.floor
         for cid, c in r.conns.items():
             if cid == origin:
                 continue
+            if seq > 0 and floor:
+                f = floor.get(cid)
+                if f is not None:
+                    if seq <= f:
+                        continue  # the replay already sent it
+                    del floor[cid]  # live delivery has passed the replay: back to the fast path
             held = r.replaying.get(cid)
             if held is None or seq <= 0:
                 targets.append(c)
@@ -492,9 +503,7 @@ class Hub:
         r = self.rooms.get(key)
         if r is None:
             return []
-        held = r.replaying.pop(conn.id, None)
-        if not held:
-            return []
+        held = r.replaying.pop(conn.id, None) or []
         held.sort(key=lambda t: t[0])
         out: list[Effect] = []
         last = replayed_to
@@ -502,6 +511,8 @@ class Hub:
             if seq > last:
                 out.append(Send(conn, payload, MESSAGE))
                 last = seq
+        if last > 0:
+            r.floor[conn.id] = last
         return out
 
     # ------------------------------------------------------------ moderation
