@@ -10,11 +10,14 @@ broadcasts, sends, pauses, drains, resumes, resets and closes, and requires the 
 
 from __future__ import annotations
 
+import functools
+
 import gzip as _gzip
 import logging
 import random
 import struct
 import types
+import zlib
 from typing import Any
 
 import pytest
@@ -55,7 +58,7 @@ class FakeLoop:
         self.soon.append((cb, args))
 
     def call_later(self, delay: float, cb: Any, *args: Any) -> None:
-        self.later.append((delay, cb))
+        self.later.append((delay, functools.partial(cb, *args)))
 
     def create_future(self) -> None:
         return None
@@ -123,10 +126,12 @@ class FakeTransport:
 class Peer:
     """One connection: a listener of ``mod`` on a WSTransport over a FakeTransport."""
 
-    def __init__(self, mod: Any, fanout: Any, loop: FakeLoop, *, gzip: bool = False, high: int = 1 << 62) -> None:
+    def __init__(self, mod: Any, fanout: Any, loop: FakeLoop, *, gzip: bool = False, high: int = 1 << 62,
+                 deflate: bool = False) -> None:
         self.raw = FakeTransport(high)
         self.transport = WSTransport(False, self.raw, LOGGER, loop)  # type: ignore[call-arg]  # not public API
         self.listener = mod.FanoutListener(fanout)
+        self.listener.deflate = deflate
         self.listener.transport = self.transport
         self.raw.listener = self.listener
         self.conn = Conn("c", 0.0, self.listener)
@@ -145,15 +150,28 @@ def make(mod: Any, n: int = 1, *, gzip: bool = False, high: int = 1 << 62, **kw:
     return loop, fanout, [Peer(mod, fanout, loop, gzip=gzip, high=high) for _ in range(n)]
 
 
-def frame(op: int, payload: bytes) -> bytes:
+def frame(op: int, payload: bytes, rsv1: bool = False) -> bytes:
     n = len(payload)
+    b0 = 0x80 | (0x40 if rsv1 else 0) | op
     if n <= 125:
-        head = bytes((0x80 | op, n))
+        head = bytes((b0, n))
     elif n <= 0xFFFF:
-        head = struct.pack("!BBH", 0x80 | op, 126, n)
+        head = struct.pack("!BBH", b0, 126, n)
     else:
-        head = struct.pack("!BBQ", 0x80 | op, 127, n)
+        head = struct.pack("!BBQ", b0, 127, n)
     return head + payload
+
+
+def raw_deflate(data: bytes) -> bytes:
+    """RFC 7692 message compression: raw deflate, fresh context, 00 00 ff ff removed."""
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
+def raw_inflate(data: bytes) -> bytes:
+    return zlib.decompressobj(-15).decompress(data + b"\x00\x00\xff\xff")
 
 
 def close_frame(code: int, reason: str) -> bytes:
@@ -256,6 +274,67 @@ def test_gzip_variant_is_compressed_once_and_only_when_wanted(impl: Any) -> None
     assert peers[1].writes()[-1] == frame(1, big)
 
 
+def test_deflate_variant_is_compressed_once_with_rsv1_and_only_when_wanted(impl: Any) -> None:
+    calls: list[bytes] = []
+
+    def deflate(data: bytes) -> bytes:
+        calls.append(data)
+        return raw_deflate(data)
+
+    loop, fanout, peers = make(impl, 3)
+    assert [p.listener.deflate for p in peers] == [False] * 3  # off unless negotiated
+    peers[1].listener.deflate = True
+    peers[2].listener.deflate = True
+    rec = RecordingHandle()
+    conns = [p.conn for p in peers] + [Conn("o", 0.0, rec)]
+    small, big = b"s" * impl.DEFLATE_THRESHOLD, b'{"text":"' + b"b" * 600 + b'"}'
+    assert impl.DEFLATE_THRESHOLD == 256
+    impl.broadcast(conns, small, MESSAGE, 1024, None, deflate)
+    assert calls == []  # not above the threshold: plain text frame, RSV1 clear
+    impl.broadcast(conns[:1], big, MESSAGE, 1024, None, deflate)
+    assert calls == []  # no deflate recipient
+    impl.broadcast(conns, big, MESSAGE, 1024, None, deflate)
+    assert calls == [big]  # once for both deflate recipients
+    loop.end_iteration()
+    d = raw_deflate(big)
+    assert peers[0].writes() == [frame(1, small) + frame(1, big) + frame(1, big)]
+    assert peers[1].writes() == [frame(1, small) + frame(1, d, rsv1=True)]
+    assert peers[2].writes() == peers[1].writes()
+    assert peers[1].writes()[0][len(frame(1, small))] == 0xC1  # FIN | RSV1 | text
+    assert raw_inflate(d) == big
+    assert rec.got == [("text", small, MESSAGE), ("text", big, MESSAGE)]  # other handles: raw payloads
+    # a custom threshold; without a compressor everyone gets text
+    impl.broadcast(conns[1:2], small, MESSAGE, 1024, None, deflate, 100)
+    impl.broadcast(conns[1:2], big, MESSAGE, 1024, None, None)
+    loop.end_iteration()
+    assert peers[1].writes()[-1] == frame(1, raw_deflate(small), rsv1=True) + frame(1, big)
+    # keywords work too
+    impl.broadcast(conns[1:2], big, deflate=deflate, deflate_threshold=10)
+    loop.end_iteration()
+    assert peers[1].writes()[-1] == frame(1, d, rsv1=True)
+
+
+def test_gzip_takes_precedence_over_deflate(impl: Any) -> None:
+    loop, fanout, (p, q) = make(impl, 2)
+    for peer in (p, q):
+        peer.listener.deflate = True
+    p.conn.gzip = True
+    gzipped: list[bytes] = []
+
+    def compress(data: bytes) -> bytes:
+        gzipped.append(data)
+        return _gzip.compress(data, mtime=0)
+
+    mid, big = b"m" * 500, b"b" * 2000
+    impl.broadcast([p.conn, q.conn], big, MESSAGE, 1024, compress, raw_deflate)
+    impl.broadcast([p.conn, q.conn], mid, MESSAGE, 1024, compress, raw_deflate)
+    loop.end_iteration()
+    assert gzipped == [big]
+    # above the gzip threshold: the gzip frame; between the thresholds: deflate (RSV1)
+    assert p.writes() == [frame(2, _gzip.compress(big, mtime=0)) + frame(1, raw_deflate(mid), rsv1=True)]
+    assert q.writes() == [frame(1, raw_deflate(big), rsv1=True) + frame(1, raw_deflate(mid), rsv1=True)]
+
+
 def test_other_handles_get_payloads_and_missing_handles_are_skipped(impl: Any) -> None:
     loop, fanout, (p,) = make(impl)
     rec = RecordingHandle()
@@ -345,9 +424,11 @@ def test_queue_overflow_closes_1013_and_aborts(impl: Any) -> None:
     impl.broadcast([p.conn, q.conn], b"m3", MESSAGE)
     assert lst.closing and lst.queued_frames == 0 and lst.corked_bytes == 0
     reason = impl.SLOW_CONSUMER
-    assert p.raw.events == [("write", close_frame(1013, reason)), ("abort",)]
+    # the close frame goes out at once; the reset waits close_timeout for a reader
+    assert p.raw.events == [("write", close_frame(1013, reason))]
     impl.broadcast([p.conn, q.conn], b"m4", MESSAGE)  # closing: dropped
     loop.end_iteration()
+    loop.later[-1][1]()  # the client never read it
     assert p.raw.events == [("write", close_frame(1013, reason)), ("abort",)]
     assert q.writes() == [b"".join(frame(1, b"m%d" % i) for i in range(5))]
 
@@ -358,6 +439,7 @@ def test_queue_byte_cap(impl: Any) -> None:
     p.listener.send_text(b"a" * 60)
     assert not p.listener.closing
     p.listener.send_text(b"b" * 60)
+    loop.later[-1][1]()
     assert p.listener.closing and p.raw.events[-1] == ("abort",)
 
 
@@ -379,6 +461,7 @@ def test_close_writes_the_cork_first_and_waits_for_the_client(impl: Any) -> None
 def test_close_reason_is_cut_at_120_bytes(impl: Any) -> None:
     loop, fanout, (p,) = make(impl)
     p.listener.close(4001, "x" * 300, abort=True)
+    loop.later[-1][1]()
     assert p.raw.events == [("write", close_frame(4001, "x" * 120)), ("abort",)]
 
 
@@ -456,7 +539,8 @@ def run_script(mod: Any, seed: int, steps: int) -> dict[str, Any]:
     loop = FakeLoop()
     fanout = mod.Fanout(max_queue_frames=rnd.choice([2, 5, 50]), max_queue_bytes=rnd.choice([3000, 1 << 20]),
                        cork_cap=rnd.choice([200, 4096, 65536]), close_timeout=2.0, loop=loop)
-    peers = [Peer(mod, fanout, loop, gzip=rnd.random() < 0.3, high=rnd.choice([300, 5000, 1 << 40]))
+    peers = [Peer(mod, fanout, loop, gzip=rnd.random() < 0.3, high=rnd.choice([300, 5000, 1 << 40]),
+                  deflate=rnd.random() < 0.4)
              for _ in range(rnd.randint(1, 8))]
     others = [RecordingHandle() for _ in range(2)]
     conns: list[Any] = [p.conn for p in peers]
@@ -468,8 +552,12 @@ def run_script(mod: Any, seed: int, steps: int) -> dict[str, Any]:
         out.append(("compress", len(data)))
         return _gzip.compress(data, mtime=0)
 
+    def deflate(data: bytes) -> bytes:
+        out.append(("deflate", len(data)))
+        return raw_deflate(data)
+
     def payload() -> bytes:
-        n = rnd.choice([0, 1, 5, 125, 126, 1000, 1025, 3000, 70000])
+        n = rnd.choice([0, 1, 5, 125, 126, 256, 257, 1000, 1025, 3000, 70000])
         return bytes(rnd.getrandbits(8) for _ in range(min(n, 64))) * (n // 64) + b"p" * (n % 64)
 
     for _ in range(steps):
@@ -478,7 +566,7 @@ def run_script(mod: Any, seed: int, steps: int) -> dict[str, Any]:
         kind = rnd.choice([MESSAGE, EPHEMERAL])
         if op == "broadcast":
             targets = rnd.sample(conns, rnd.randint(0, len(conns)))
-            out.append(("n", mod.broadcast(targets, payload(), kind, 1024, compress)))
+            out.append(("n", mod.broadcast(targets, payload(), kind, 1024, compress, deflate)))
         elif op == "send_text":
             p.listener.send_text(payload(), kind)
         elif op == "send_binary":

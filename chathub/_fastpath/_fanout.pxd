@@ -41,6 +41,7 @@ cdef class FanoutListener(WSListener):
     cdef object _queue           # collections.deque of frames while behind: None or non-empty
     cdef readonly Py_ssize_t queued_bytes
     cdef readonly Py_ssize_t shed
+    cdef public bint deflate     # permessage-deflate negotiated: broadcasts may send RSV1 frames
 
     cpdef attach(self, WSTransport transport)
     cpdef flush(self)
@@ -60,4 +61,5 @@ cdef class FanoutListener(WSListener):
 # Writes ``payload`` to every connection of ``conns`` (a list or tuple of objects with
 # ``handle`` and ``gzip``); returns how many had a handle. See ``broadcast``.
 cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gzip_threshold,
-                            object compress) except -1
+                            object compress, object deflate=*,
+                            Py_ssize_t deflate_threshold=*) except -1

@@ -7,7 +7,7 @@ from picows import WSListener, WSTransport
 from typing_extensions import disjoint_base
 
 __all__ = [
-    "CLOSE_TIMEOUT", "CORK_CAP", "EPHEMERAL", "MAX_QUEUED_BYTES", "MESSAGE",
+    "CLOSE_TIMEOUT", "CORK_CAP", "DEFLATE_THRESHOLD", "EPHEMERAL", "MAX_QUEUED_BYTES", "MESSAGE",
     "Fanout", "FanoutListener", "broadcast",
 ]
 
@@ -16,6 +16,7 @@ EPHEMERAL: Final[int]
 CORK_CAP: Final[int]
 MAX_QUEUED_BYTES: Final[int]
 CLOSE_TIMEOUT: Final[float]
+DEFLATE_THRESHOLD: Final[int]
 CLOSE_TRY_AGAIN: Final[int]
 SLOW_CONSUMER: Final[str]
 
@@ -47,6 +48,7 @@ class Fanout:
 class FanoutListener(WSListener):
     transport: WSTransport | None
     closing: bool
+    deflate: bool
     @property
     def paused(self) -> bool: ...
     @property
@@ -76,4 +78,6 @@ def broadcast(
     kind: int = ...,
     gzip_threshold: int = 1024,
     compress: Callable[[bytes], bytes] | None = None,
+    deflate: Callable[[bytes], bytes] | None = None,
+    deflate_threshold: int = ...,
 ) -> int: ...

@@ -6,8 +6,9 @@ random sequence of broadcasts, sends, pauses, resumes and closes and require the
 bytes written to every connection, in the same writes, and the same closes.
 
 * ``broadcast()`` builds a payload's WebSocket frame once (and once more, lazily, as a
-  binary gzip frame if a recipient asked for gzip) and hands the *same* bytes object to
-  every recipient's listener, at C level: no Python-level call per recipient.
+  binary gzip frame if a recipient asked for gzip, and as a permessage-deflate text frame,
+  RSV1 set, if a recipient negotiated deflate) and hands the *same* bytes object to every
+  recipient's listener, at C level: no Python-level call per recipient.
 * Each ``FanoutListener`` corks what it is given during one loop iteration: the first
   frame is kept by reference (no copy), further ones are copied into a cork buffer
   allocated on demand (never for an idle connection) and freed after the write. The
@@ -43,7 +44,7 @@ from picows.picows cimport MemoryBuffer, WSCloseCode, WSListener, WSTransport
 from chathub._fastpath._frame cimport build_frame
 
 __all__ = [
-    "CLOSE_TIMEOUT", "CORK_CAP", "EPHEMERAL", "MAX_QUEUED_BYTES", "MESSAGE",
+    "CLOSE_TIMEOUT", "CORK_CAP", "DEFLATE_THRESHOLD", "EPHEMERAL", "MAX_QUEUED_BYTES", "MESSAGE",
     "Fanout", "FanoutListener", "broadcast",
 ]
 
@@ -52,6 +53,7 @@ EPHEMERAL = 1
 CORK_CAP = 64 * 1024
 MAX_QUEUED_BYTES = 16 * 1024 * 1024
 CLOSE_TIMEOUT = 2.0
+DEFLATE_THRESHOLD = 256
 CLOSE_TRY_AGAIN = 1013
 SLOW_CONSUMER = "slow consumer: send queue overflowed; reconnect with since_seq"
 
@@ -146,6 +148,7 @@ cdef class FanoutListener(WSListener):
 
     def __init__(self, Fanout fanout not None):
         self.fanout = fanout
+        self.deflate = False
 
     def __dealloc__(self):
         if self._cork is not NULL:
@@ -212,12 +215,10 @@ cdef class FanoutListener(WSListener):
         try:
             t.send_close(<WSCloseCode>code, reason.encode()[:120])
         finally:
-            if abort:
-                # a slow consumer cannot take a graceful close: its buffer would never drain
-                t.disconnect(False)
-            else:
-                # wait for the client's close frame, but not for long
-                self.fanout._get_loop().call_later(self.fanout.close_timeout, (<object>t).disconnect)
+            # wait for the client's close frame, but not for long; a slow consumer's
+            # buffer may never drain, so it is reset then (graceful=False) — it still gets
+            # the close frame if it reads within close_timeout
+            self.fanout._get_loop().call_later(self.fanout.close_timeout, (<object>t).disconnect, not abort)
 
     cpdef release(self):
         """The connection is gone: drop everything held for it (no write)."""
@@ -430,27 +431,35 @@ cdef inline object _slot(object c, Py_ssize_t off, str name):
 
 
 def broadcast(conns, bytes payload not None, int kind=MESSAGE, Py_ssize_t gzip_threshold=1024,
-              compress=None):
+              compress=None, deflate=None, Py_ssize_t deflate_threshold=DEFLATE_THRESHOLD):
     """Write ``payload`` to every connection of ``conns`` (hub ``Conn``s, or anything with
     ``handle`` and ``gzip``); return how many had a handle.
 
     The text frame is built once and the same bytes are corked for every recipient whose
     handle is a ``FanoutListener``. A payload longer than ``gzip_threshold`` goes to
     recipients with ``gzip`` set as one binary frame of ``compress(payload)``, computed
-    once, only if there is such a recipient. Other handles (tests' in-memory ones) get
+    once, only if there is such a recipient. A payload longer than ``deflate_threshold``
+    goes to the other recipients whose listener has ``deflate`` set (permessage-deflate,
+    RFC 7692) as one text frame with RSV1 set holding ``deflate(payload)`` (raw deflate,
+    trailing 00 00 ff ff removed), also computed once and only if needed; gzip wins for a
+    connection that asked for it. Other handles (tests' in-memory ones) get
     ``send_text(payload, kind)`` / ``send_binary(gz, kind)``.
     """
-    return c_broadcast(conns, payload, kind, gzip_threshold, compress)
+    return c_broadcast(conns, payload, kind, gzip_threshold, compress, deflate, deflate_threshold)
 
 
 cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gzip_threshold,
-                            object compress) except -1:
+                            object compress, object deflate=None,
+                            Py_ssize_t deflate_threshold=DEFLATE_THRESHOLD) except -1:
     cdef Py_ssize_t i, n = 0
     cdef bint big = compress is not None and PyBytes_GET_SIZE(payload) > gzip_threshold
+    cdef bint dbig = deflate is not None and PyBytes_GET_SIZE(payload) > deflate_threshold
     cdef bint gz_wanted
     cdef bytes frame = None
     cdef bytes gzframe = None
+    cdef bytes dframe = None
     cdef object gz = None
+    cdef object d
     cdef object seq
     cdef object c, h
     if type(conns) is list or type(conns) is tuple:
@@ -487,9 +496,17 @@ cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gz
             else:
                 h.send_binary(gz, kind)
         elif isinstance(h, FanoutListener):
-            if frame is None:
-                frame = build_frame(_OP_TEXT, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), True, False)
-            (<FanoutListener>h)._put(frame, kind)
+            if dbig and (<FanoutListener>h).deflate:
+                if dframe is None:
+                    d = deflate(payload)
+                    if type(d) is not bytes:
+                        d = bytes(d)
+                    dframe = build_frame(_OP_TEXT, PyBytes_AS_STRING(d), PyBytes_GET_SIZE(d), True, True)
+                (<FanoutListener>h)._put(dframe, kind)
+            else:
+                if frame is None:
+                    frame = build_frame(_OP_TEXT, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), True, False)
+                (<FanoutListener>h)._put(frame, kind)
         else:
             h.send_text(payload, kind)
     return n

@@ -20,7 +20,7 @@ from picows import WSCloseCode, WSListener, WSTransport
 from chathub._fastpath._frame_py import encode_frame
 
 __all__ = [
-    "CLOSE_TIMEOUT", "CORK_CAP", "EPHEMERAL", "MAX_QUEUED_BYTES", "MESSAGE",
+    "CLOSE_TIMEOUT", "CORK_CAP", "DEFLATE_THRESHOLD", "EPHEMERAL", "MAX_QUEUED_BYTES", "MESSAGE",
     "Fanout", "FanoutListener", "broadcast",
 ]
 
@@ -29,6 +29,7 @@ EPHEMERAL = 1
 CORK_CAP = 64 * 1024
 MAX_QUEUED_BYTES = 16 * 1024 * 1024
 CLOSE_TIMEOUT = 2.0
+DEFLATE_THRESHOLD = 256
 CLOSE_TRY_AGAIN = 1013
 SLOW_CONSUMER = "slow consumer: send queue overflowed; reconnect with since_seq"
 
@@ -95,7 +96,7 @@ class FanoutListener(WSListener):  # type: ignore[misc]
     """Send side of one WebSocket connection: cork, bounded queue, ordered close."""
 
     __slots__ = ("transport", "closing", "paused", "_dirty", "fanout", "_pending", "_cork",
-                 "_queue", "queued_bytes", "shed")
+                 "_queue", "queued_bytes", "shed", "deflate")
 
     def __init__(self, fanout: Fanout) -> None:
         if fanout is None or not isinstance(fanout, Fanout):
@@ -111,6 +112,7 @@ class FanoutListener(WSListener):  # type: ignore[misc]
         self._queue: collections.deque[bytes] | None = None  # None or non-empty
         self.queued_bytes = 0
         self.shed = 0
+        self.deflate = False  # permessage-deflate negotiated: broadcasts may send RSV1 frames
 
     # ---------------------------------------------------------------- introspection
 
@@ -162,10 +164,9 @@ class FanoutListener(WSListener):  # type: ignore[misc]
         try:
             t.send_close(cast(WSCloseCode, code), reason.encode()[:120])  # any code, 4001 too
         finally:
-            if abort:
-                t.disconnect(False)
-            else:
-                self.fanout._get_loop().call_later(self.fanout.close_timeout, t.disconnect)
+            # a slow consumer is reset at the deadline (its buffer may never drain); it
+            # still gets the close frame if it reads within close_timeout
+            self.fanout._get_loop().call_later(self.fanout.close_timeout, t.disconnect, not abort)
 
     def release(self) -> None:
         """The connection is gone: drop everything held for it (no write)."""
@@ -292,13 +293,17 @@ def _check_bytes(value: Any, name: str) -> bytes:
 
 
 def broadcast(conns: Iterable[Any], payload: bytes, kind: int = MESSAGE, gzip_threshold: int = 1024,
-              compress: Callable[[bytes], bytes] | None = None) -> int:
+              compress: Callable[[bytes], bytes] | None = None,
+              deflate: Callable[[bytes], bytes] | None = None,
+              deflate_threshold: int = DEFLATE_THRESHOLD) -> int:
     """Write ``payload`` to every connection of ``conns`` (hub ``Conn``s, or anything with
     ``handle`` and ``gzip``); return how many had a handle. See the Cython module."""
     _check_bytes(payload, "payload")
     big = compress is not None and len(payload) > gzip_threshold
+    dbig = deflate is not None and len(payload) > deflate_threshold
     frame: bytes | None = None
     gzframe: bytes | None = None
+    dframe: bytes | None = None
     gz: bytes | None = None
     n = 0
     seq = conns if type(conns) is list or type(conns) is tuple else list(conns)
@@ -323,9 +328,18 @@ def broadcast(conns: Iterable[Any], payload: bytes, kind: int = MESSAGE, gzip_th
             else:
                 h.send_binary(gz, kind)
         elif isinstance(h, FanoutListener):
-            if frame is None:
-                frame = encode_frame(_OP_TEXT, payload)
-            h._put(frame, kind)
+            if dbig and h.deflate:
+                if dframe is None:
+                    assert deflate is not None
+                    d = deflate(payload)
+                    if type(d) is not bytes:
+                        d = bytes(d)
+                    dframe = encode_frame(_OP_TEXT, d, rsv1=True)
+                h._put(dframe, kind)
+            else:
+                if frame is None:
+                    frame = encode_frame(_OP_TEXT, payload)
+                h._put(frame, kind)
         else:
             h.send_text(payload, kind)
     return n

@@ -234,13 +234,15 @@ class Node:
 
     def execute(self, effects: list[Effect]) -> None:
         broadcast = speedups.broadcast
+        gz = speedups.gzip_compress
+        dfl = speedups.deflate_compress_raw  # only for listeners that negotiated permessage-deflate
         delivered = 0
         try:
             for e in effects:
                 if type(e) is Broadcast:
-                    delivered += broadcast(e.conns, e.payload, e.kind, GZIP_THRESHOLD, speedups.gzip_compress)
+                    delivered += broadcast(e.conns, e.payload, e.kind, GZIP_THRESHOLD, gz, dfl)
                 elif type(e) is Send:
-                    delivered += broadcast((e.conn,), e.payload, e.kind, GZIP_THRESHOLD, speedups.gzip_compress)
+                    delivered += broadcast((e.conn,), e.payload, e.kind, GZIP_THRESHOLD, gz, dfl)
                 elif type(e) is Close:
                     if e.conn.handle is not None:
                         e.conn.handle.close(e.code, e.reason)
@@ -256,10 +258,13 @@ class Node:
         """Write ``payload`` to every connection of ``conns`` with a handle: the frame is
         encoded once and the same bytes corked for every picows listener (one write per
         connection per loop iteration, ordered with replies and closes); gzip clients get
-        one shared compressed copy of a payload above ``GZIP_THRESHOLD``; other handles
-        (in-memory ones in tests) get ``send_text``/``send_binary``. See
-        ``chathub._fastpath._fanout``."""
-        self.stats["delivered"] += speedups.broadcast(conns, payload, kind, GZIP_THRESHOLD, speedups.gzip_compress)
+        one shared compressed copy of a payload above ``GZIP_THRESHOLD``; listeners that
+        negotiated permessage-deflate get one shared compressed text frame (RSV1) of a
+        payload above the fan-out's ``DEFLATE_THRESHOLD``; other handles (in-memory ones in
+        tests) get ``send_text``/``send_binary``. See ``chathub._fastpath._fanout``."""
+        self.stats["delivered"] += speedups.broadcast(
+            conns, payload, kind, GZIP_THRESHOLD, speedups.gzip_compress, speedups.deflate_compress_raw
+        )
 
     def _reply(self, conn: Conn, cmd: Command, **result: Any) -> None:
         if cmd.has_id and conn.handle is not None:
