@@ -1,0 +1,921 @@
+"""SQLite message store: stdlib ``sqlite3`` on one dedicated worker thread.
+
+Threading
+    Every statement runs on a single worker thread that owns the connection; the event
+    loop only queues jobs and receives results through ``call_soon_threadsafe``. Nothing
+    blocks the loop.
+
+Group commit
+    ``append`` queues an append job. When the worker picks up an append it also takes
+    every append queued behind it (up to ``max_batch``) and stores them in ONE
+    ``BEGIN IMMEDIATE … COMMIT`` transaction; appends that arrive while that transaction
+    runs form the next group. After COMMIT returns, the whole group is resolved with one
+    loop callback, in queue order, which within a room is seq order. Jobs keep FIFO order
+    with the other kinds of jobs (reads, edits…).
+
+Durability
+    WAL journal with ``synchronous=FULL``: every COMMIT fsyncs the WAL before it
+    returns, so an acknowledged message survives a process crash *and* an OS crash or
+    power loss. ``synchronous=NORMAL`` in WAL mode would only sync at checkpoints: still
+    consistent, but the last acknowledged transactions could vanish on power loss, which
+    breaks "the ack means durable". Group commit amortises the fsync over the group.
+
+Several processes on one file
+    Seq allocation happens under SQLite's write lock (``BEGIN IMMEDIATE``), and
+    ``busy_timeout`` bounds how long we wait for another process' write transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import sqlite3
+import threading
+import time
+from typing import Any, Callable
+
+from . import migrations as _migrations
+from ._common import (
+    MSG_COLS,
+    SANCTION_KINDS,
+    check_int,
+    check_scope,
+    check_str,
+    clamp_limit,
+    group_reactions,
+    now_ms,
+    row_to_message,
+    validate_new,
+)
+from .base import (
+    AppendResult,
+    AuditEntry,
+    Conflict,
+    HistoryPage,
+    InvalidMessage,
+    NewMessage,
+    NotFound,
+    Replay,
+    RoomRecord,
+    Sanction,
+    StoredMessage,
+    StoreError,
+    StoreUnavailable,
+)
+
+_STOP = object()
+
+def _jx(n: int, src: str = "value") -> str:
+    return f"json_extract({src}, '$[{n}]')"
+
+
+def _json(v: Any) -> str:
+    return json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+
+
+_MCOLS = ", ".join("m." + c.strip() for c in MSG_COLS.split(","))
+# Group statements: each takes the whole group as one JSON array of arrays.
+_PRECHECK_KEYS = (
+    f"SELECT {_MCOLS} FROM json_each(?) AS j CROSS JOIN messages AS m ON m.tenant_id = {_jx(0, 'j.value')} "
+    f"AND m.room = {_jx(1, 'j.value')} AND m.sender = {_jx(2, 'j.value')} AND m.client_msg_id = {_jx(3, 'j.value')}"
+)
+_PRECHECK_IDS = (
+    f"SELECT {_MCOLS} FROM json_each(?) AS j CROSS JOIN messages AS m ON m.tenant_id = {_jx(0, 'j.value')} "
+    f"AND m.msg_id = {_jx(1, 'j.value')}"
+)
+_ROOM_COUNTERS = (
+    "SELECT r.tenant_id, r.room, r.last_seq FROM json_each(?) AS j CROSS JOIN rooms AS r "
+    f"ON r.tenant_id = {_jx(0, 'j.value')} AND r.room = {_jx(1, 'j.value')}"
+)
+# (the WHERE true is required by SQLite's parser for INSERT … SELECT … ON CONFLICT)
+_UPSERT_COUNTERS = (
+    f"INSERT INTO rooms (tenant_id, room, last_seq) SELECT {_jx(0)}, {_jx(1)}, {_jx(2)} FROM json_each(?) "
+    "WHERE true ON CONFLICT (tenant_id, room) DO UPDATE SET last_seq = excluded.last_seq"
+)
+_INSERT_MSGS = (
+    "INSERT INTO messages (tenant_id, room, seq, msg_id, sender, text, created_at, client_msg_id, reply_to) "
+    f"SELECT {', '.join(_jx(i) for i in range(9))} FROM json_each(?)"
+)
+
+
+class _Append:
+    __slots__ = ("msg", "fut")
+
+    def __init__(self, msg: NewMessage, fut: asyncio.Future):
+        self.msg = msg
+        self.fut = fut
+
+
+class _Job:
+    __slots__ = ("fn", "args", "fut")
+
+    def __init__(self, fn: Callable, args: tuple, fut: asyncio.Future):
+        self.fn = fn
+        self.args = args
+        self.fut = fut
+
+
+def _map_exc(e: BaseException) -> BaseException:
+    """sqlite3 errors -> store errors (run on the worker thread)."""
+    if isinstance(e, StoreError):
+        return e
+    if isinstance(e, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError, sqlite3.DataError)):
+        err: BaseException = StoreError(f"sqlite: {e}")
+    elif isinstance(e, (sqlite3.Error, OSError, MemoryError)):
+        # OperationalError (locked/busy, disk I/O, disk full, cannot open), corruption.
+        err = StoreUnavailable(f"sqlite: {e}")
+    else:
+        return e
+    err.__cause__ = e
+    return err
+
+
+def _is_unavailable(e: BaseException) -> bool:
+    return isinstance(_map_exc(e), StoreUnavailable)
+
+
+def _settle(fut: asyncio.Future, ok: bool, value: Any) -> None:
+    if fut.done():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
+def _settle_many(futs: list[asyncio.Future], results: list[Any]) -> None:
+    # One callback per group: results are set in group order, so waiters of one room
+    # wake up in seq order.
+    for fut, r in zip(futs, results):
+        if fut.done():
+            continue
+        if isinstance(r, BaseException):
+            fut.set_exception(r)
+        else:
+            fut.set_result(r)
+
+
+class SqliteMessageStore:
+    """``MessageStore`` + ``RoomStore`` + ``StoreAdmin`` on a SQLite file."""
+
+    dialect = "sqlite"
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        retention_max_age_s: int | None = None,
+        retention_max_per_room: int | None = None,
+        migrate: bool = True,
+        busy_timeout_ms: int = 5000,
+        max_batch: int = 1024,
+    ) -> None:
+        self.path = path
+        self.retention_max_age_s = retention_max_age_s
+        self.retention_max_per_room = retention_max_per_room
+        self._migrate_on_open = migrate
+        self._busy_timeout_ms = busy_timeout_ms
+        self._max_batch = max(1, max_batch)
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Future | None = None
+        self._closed = False
+        self._db: sqlite3.Connection | None = None  # worker thread only
+        #: counters for metrics/tests (written by the worker thread only)
+        self.stats: dict[str, int] = {"groups": 0, "inserted": 0, "duplicates": 0}
+
+    # ------------------------------------------------------------------ lifecycle
+    async def open(self) -> None:
+        if self._thread is not None:
+            raise StoreError("store already opened")
+        self._loop = asyncio.get_running_loop()
+        self._stopped = self._loop.create_future()
+        self._thread = threading.Thread(target=self._worker, name="chathub-sqlite-store", daemon=True)
+        self._thread.start()
+        try:
+            await self._call(self._t_open)
+            if self._migrate_on_open:
+                await self.migrate()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Flush queued appends, then close the database and stop the worker."""
+        if self._thread is None or self._closed:
+            self._closed = True
+            return
+        self._closed = True
+        self._jobs.put(_STOP)  # behind every job already queued: those still run
+        assert self._stopped is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self._stopped), timeout=60)
+        except asyncio.TimeoutError:  # worker stuck in a busy wait; it is a daemon thread
+            pass
+
+    @property
+    def available(self) -> bool:
+        return self._thread is not None and not self._closed
+
+    async def ping(self) -> None:
+        await self._call(lambda db: db.execute("SELECT 1").fetchone())
+
+    # ------------------------------------------------------------------ worker
+    def _worker(self) -> None:
+        held = None
+        try:
+            while True:
+                job = held if held is not None else self._jobs.get()
+                held = None
+                if job is _STOP:
+                    break
+                if type(job) is _Append:
+                    group = [job]
+                    while len(group) < self._max_batch:
+                        try:
+                            nxt = self._jobs.get_nowait()
+                        except queue.Empty:
+                            break
+                        if type(nxt) is _Append:
+                            group.append(nxt)
+                        else:
+                            held = nxt
+                            break
+                    self._t_group(group)
+                else:
+                    try:
+                        res, ok = job.fn(self._db, *job.args), True
+                    except BaseException as e:  # noqa: BLE001 - handed to the caller
+                        res, ok = _map_exc(e), False
+                    self._post(_settle, job.fut, ok, res)
+        finally:
+            try:
+                if self._db is not None:
+                    self._db.close()
+            except Exception:
+                pass
+            self._db = None
+            # Anything still queued (only possible after an unexpected worker error).
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not _STOP:
+                    self._post(_settle, job.fut, False, StoreUnavailable("store is closed"))
+            if self._stopped is not None:
+                self._post(_settle, self._stopped, True, None)
+
+    def _post(self, fn: Callable, *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)  # type: ignore[union-attr]
+        except RuntimeError:  # loop closed: nobody is waiting any more
+            pass
+
+    async def _call(self, fn: Callable, *args: Any) -> Any:
+        if self._closed or self._thread is None:
+            raise StoreUnavailable("store is closed" if self._closed else "store is not open")
+        fut = self._loop.create_future()  # type: ignore[union-attr]
+        self._jobs.put(_Job(fn, args, fut))
+        return await fut
+
+    def _t_open(self, _db: None) -> None:
+        d = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(d, exist_ok=True)
+        db = sqlite3.connect(
+            self.path, timeout=self._busy_timeout_ms / 1000, isolation_level=None, check_same_thread=True
+        )
+        try:
+            # Switching to WAL needs an exclusive lock and SQLite does not run the busy
+            # handler for it: retry (worker thread, bounded) while another process opens.
+            deadline = time.monotonic() + self._busy_timeout_ms / 1000
+            while True:
+                try:
+                    mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                    break
+                except sqlite3.OperationalError as e:
+                    if "locked" not in str(e) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01)
+            if str(mode).lower() != "wal" and self.path != ":memory:":
+                raise StoreUnavailable(f"sqlite: cannot enable WAL (journal_mode={mode})")
+            db.execute("PRAGMA synchronous=FULL")  # see module docstring
+            db.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+            db.execute("PRAGMA foreign_keys=OFF")
+            db.execute("PRAGMA temp_store=MEMORY")
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    # ------------------------------------------------------------------ migrations
+    async def migrate(self) -> list[str]:
+        return await self._call(self._t_migrate)
+
+    @staticmethod
+    def _t_migrate(db: sqlite3.Connection) -> list[str]:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)"
+        )
+        applied: list[str] = []
+        for m in _migrations.load("sqlite"):
+            if db.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (m.version,)).fetchone():
+                continue
+            # The version row goes in first, inside the write lock: a second process
+            # migrating at the same time fails on the primary key and skips it.
+            script = (
+                "BEGIN IMMEDIATE;\n"
+                f"INSERT INTO schema_migrations (version, name, applied_at) VALUES ({m.version}, '{m.name}', {now_ms()});\n"
+                f"{m.sql}\n;\nCOMMIT;"
+            )
+            try:
+                db.executescript(script)
+            except sqlite3.IntegrityError:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                continue
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            applied.append(m.name)
+        return applied
+
+    # ------------------------------------------------------------------ append
+    async def append(self, msg: NewMessage) -> AppendResult:
+        validate_new(msg)
+        if self._closed or self._thread is None:
+            raise StoreUnavailable("store is closed" if self._closed else "store is not open")
+        fut = self._loop.create_future()  # type: ignore[union-attr]
+        self._jobs.put(_Append(msg, fut))
+        return await fut
+
+    def _t_group(self, group: list[_Append]) -> None:
+        msgs = [j.msg for j in group]
+        try:
+            results: list[Any] = self._t_append_txn(msgs)
+        except BaseException as e:  # noqa: BLE001
+            if _is_unavailable(e):
+                results = [_map_exc(e)] + [StoreUnavailable(str(e)) for _ in msgs[1:]]
+            else:
+                # One bad message must not fail its neighbours: redo one by one.
+                results = []
+                for m in msgs:
+                    try:
+                        results.extend(self._t_append_txn([m]))
+                    except BaseException as e2:  # noqa: BLE001
+                        results.append(_map_exc(e2))
+        self._post(_settle_many, [j.fut for j in group], results)
+
+    def _t_append_txn(self, msgs: list[NewMessage]) -> list[AppendResult]:
+        """One group, one transaction, a constant number of statements whatever its size:
+        the group travels as JSON parameters (``json_each``). Besides saving work, this
+        matters because the sqlite3 module drops and retakes the GIL around every step,
+        and each retake can wait for a busy event-loop thread."""
+        db = self._db
+        assert db is not None
+        out: list[Any] = [None] * len(msgs)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            keyed = [[m.tenant_id, m.room, m.sender, m.client_msg_id] for m in msgs if m.client_msg_id is not None]
+            existing_key: dict[tuple, StoredMessage] = {}
+            if keyed:
+                for row in db.execute(_PRECHECK_KEYS, (_json(keyed),)):
+                    sm = row_to_message(row)
+                    existing_key[(sm.tenant_id, sm.room, sm.sender, sm.client_msg_id)] = sm
+            existing_id: dict[tuple, StoredMessage] = {}
+            for row in db.execute(_PRECHECK_IDS, (_json([[m.tenant_id, m.msg_id] for m in msgs]),)):
+                sm = row_to_message(row)
+                existing_id[(sm.tenant_id, sm.msg_id)] = sm
+
+            per_room: dict[tuple[int, str], list[int]] = {}
+            seen_key: dict[tuple, int] = {}
+            seen_id: dict[tuple, int] = {}
+            for i, m in enumerate(msgs):
+                key = None
+                if m.client_msg_id is not None:
+                    key = (m.tenant_id, m.room, m.sender, m.client_msg_id)
+                    ex = existing_key.get(key)
+                    if ex is not None:
+                        out[i] = AppendResult(ex, duplicate=True)
+                        continue
+                    j = seen_key.get(key)
+                    if j is not None:
+                        out[i] = j
+                        continue
+                idk = (m.tenant_id, m.msg_id)
+                ex = existing_id.get(idk)
+                if ex is not None:
+                    out[i] = (
+                        AppendResult(ex, duplicate=True)
+                        if ex.room == m.room
+                        else InvalidMessage(f"msg_id {m.msg_id!r} already used in another room")
+                    )
+                    continue
+                j = seen_id.get(idk)
+                if j is not None:
+                    out[i] = (
+                        j if msgs[j].room == m.room
+                        else InvalidMessage(f"msg_id {m.msg_id!r} already used in another room")
+                    )
+                    continue
+                per_room.setdefault((m.tenant_id, m.room), []).append(i)
+                if key is not None:
+                    seen_key[key] = i
+                seen_id[idk] = i
+
+            rows: list[list] = []
+            if per_room:
+                last = {
+                    (t, r): v for t, r, v in db.execute(_ROOM_COUNTERS, (_json([list(k) for k in per_room]),))
+                }
+                counters = []
+                for (t, r), idxs in per_room.items():
+                    seq = last.get((t, r), 0)
+                    for i in idxs:
+                        m = msgs[i]
+                        seq += 1
+                        out[i] = AppendResult(
+                            StoredMessage(t, r, seq, m.msg_id, m.sender, m.text, m.ts, m.client_msg_id, m.reply_to)
+                        )
+                        rows.append([t, r, seq, m.msg_id, m.sender, m.text, m.ts, m.client_msg_id, m.reply_to])
+                    counters.append([t, r, seq])
+                db.execute(_UPSERT_COUNTERS, (_json(counters),))
+                db.execute(_INSERT_MSGS, (_json(rows),))
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            raise
+        st = self.stats
+        st["groups"] += 1
+        st["inserted"] += len(rows)
+        dups = 0
+        for i, v in enumerate(out):
+            if type(v) is int:
+                out[i] = AppendResult(out[v].message, duplicate=True)
+            if type(out[i]) is AppendResult and out[i].duplicate:
+                dups += 1
+        st["duplicates"] += dups
+        return out
+
+    # ------------------------------------------------------------------ reads
+    async def history(
+        self,
+        tenant_id: int,
+        room: str,
+        *,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        limit: int = 50,
+    ) -> HistoryPage:
+        check_scope(tenant_id, room)
+        check_int("before_seq", before_seq, optional=True)
+        check_int("after_seq", after_seq, optional=True)
+        return await self._call(self._t_history, tenant_id, room, before_seq, after_seq, clamp_limit(limit))
+
+    @staticmethod
+    def _t_history(db, t, r, before, after, limit) -> HistoryPage:
+        base = f"SELECT {MSG_COLS} FROM messages WHERE tenant_id = ? AND room = ?"
+        if after is not None:
+            if before is not None:
+                rows = db.execute(
+                    base + " AND seq > ? AND seq < ? ORDER BY seq LIMIT ?", (t, r, after, before, limit + 1)
+                ).fetchall()
+            else:
+                rows = db.execute(base + " AND seq > ? ORDER BY seq LIMIT ?", (t, r, after, limit + 1)).fetchall()
+            more = len(rows) > limit
+            return HistoryPage([row_to_message(x) for x in rows[:limit]], more)
+        if before is not None:
+            rows = db.execute(
+                base + " AND seq < ? ORDER BY seq DESC LIMIT ?", (t, r, before, limit + 1)
+            ).fetchall()
+        else:
+            rows = db.execute(base + " ORDER BY seq DESC LIMIT ?", (t, r, limit + 1)).fetchall()
+        more = len(rows) > limit
+        return HistoryPage([row_to_message(x) for x in reversed(rows[:limit])], more)
+
+    async def replay(self, tenant_id: int, room: str, since_seq: int, limit: int) -> Replay:
+        check_scope(tenant_id, room)
+        check_int("since_seq", since_seq)
+        return await self._call(self._t_replay, tenant_id, room, since_seq, clamp_limit(limit))
+
+    @staticmethod
+    def _t_replay(db, t, r, since, limit) -> Replay:
+        db.execute("BEGIN")  # one read snapshot for the counter row and the messages
+        try:
+            row = db.execute(
+                "SELECT last_seq, trimmed_seq FROM rooms WHERE tenant_id = ? AND room = ?", (t, r)
+            ).fetchone()
+            last, trimmed = row if row else (0, 0)
+            rows = db.execute(
+                f"SELECT {MSG_COLS} FROM messages WHERE tenant_id = ? AND room = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (t, r, since, limit),
+            ).fetchall()
+        finally:
+            db.execute("COMMIT")
+        return Replay([row_to_message(x) for x in rows], complete=since >= trimmed, last_seq=last)
+
+    async def last_seq(self, tenant_id: int, room: str) -> int:
+        check_scope(tenant_id, room)
+        return await self._call(self._t_last_seq, tenant_id, room)
+
+    @staticmethod
+    def _t_last_seq(db, t, r) -> int:
+        row = db.execute("SELECT last_seq FROM rooms WHERE tenant_id = ? AND room = ?", (t, r)).fetchone()
+        return row[0] if row else 0
+
+    # ------------------------------------------------------------------ edit / delete
+    async def edit(self, tenant_id: int, room: str, seq: int, text: str, ts: int) -> StoredMessage:
+        check_scope(tenant_id, room)
+        check_int("seq", seq)
+        check_str("text", text)
+        check_int("ts", ts)
+        return await self._call(self._t_edit, tenant_id, room, seq, text, ts)
+
+    @staticmethod
+    def _t_edit(db, t, r, seq, text, ts) -> StoredMessage:
+        def body():
+            cur = db.execute(
+                "UPDATE messages SET text = ?, edited_at = ? WHERE tenant_id = ? AND room = ? AND seq = ? AND deleted = 0",
+                (text, ts, t, r, seq),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"message {t}/{r}#{seq} not found")
+            return _one_msg(db, t, r, seq)
+
+        return _in_tx(db, body)
+
+    async def delete(self, tenant_id: int, room: str, seq: int, ts: int) -> StoredMessage:
+        check_scope(tenant_id, room)
+        check_int("seq", seq)
+        check_int("ts", ts)
+        return await self._call(self._t_delete, tenant_id, room, seq, ts)
+
+    @staticmethod
+    def _t_delete(db, t, r, seq, ts) -> StoredMessage:
+        def body():
+            cur = db.execute(
+                "UPDATE messages SET text = '', deleted = 1, deleted_at = COALESCE(deleted_at, ?) "
+                "WHERE tenant_id = ? AND room = ? AND seq = ?",
+                (ts, t, r, seq),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"message {t}/{r}#{seq} not found")
+            db.execute("DELETE FROM reactions WHERE tenant_id = ? AND room = ? AND seq = ?", (t, r, seq))
+            return _one_msg(db, t, r, seq)
+
+        return _in_tx(db, body)
+
+    # ------------------------------------------------------------------ read positions
+    async def set_read(self, tenant_id: int, room: str, user_id: int, seq: int) -> int:
+        check_scope(tenant_id, room)
+        check_int("user_id", user_id)
+        check_int("seq", seq)
+        return await self._call(self._t_set_read, tenant_id, room, user_id, seq)
+
+    @staticmethod
+    def _t_set_read(db, t, r, user_id, seq) -> int:
+        def body():
+            row = db.execute("SELECT last_seq FROM rooms WHERE tenant_id = ? AND room = ?", (t, r)).fetchone()
+            pos = max(0, min(seq, row[0] if row else 0))  # never beyond the room's last message
+            db.execute(
+                "INSERT INTO read_positions (tenant_id, room, user_id, seq) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (tenant_id, room, user_id) DO UPDATE SET seq = max(seq, excluded.seq)",
+                (t, r, user_id, pos),
+            )
+            return db.execute(
+                "SELECT seq FROM read_positions WHERE tenant_id = ? AND room = ? AND user_id = ?", (t, r, user_id)
+            ).fetchone()[0]
+
+        return _in_tx(db, body)
+
+    async def unread_count(self, tenant_id: int, room: str, user_id: int) -> int:
+        check_scope(tenant_id, room)
+        check_int("user_id", user_id)
+        return await self._call(self._t_unread, tenant_id, room, user_id)
+
+    @staticmethod
+    def _t_unread(db, t, r, user_id) -> int:
+        return db.execute(
+            "SELECT count(*) FROM messages WHERE tenant_id = ? AND room = ? AND deleted = 0 AND seq > "
+            "COALESCE((SELECT seq FROM read_positions WHERE tenant_id = ? AND room = ? AND user_id = ?), 0)",
+            (t, r, t, r, user_id),
+        ).fetchone()[0]
+
+    # ------------------------------------------------------------------ retention
+    async def apply_retention(self, now_ms: int) -> int:
+        check_int("now_ms", now_ms)
+        cutoff = None if self.retention_max_age_s is None else now_ms - int(self.retention_max_age_s) * 1000
+        keep = self.retention_max_per_room
+        total = 0
+        if cutoff is not None or keep is not None:
+            cands = await self._call(self._t_retention_candidates, cutoff, keep)
+            for t, r in cands:  # one short write transaction per room: appends interleave
+                total += await self._call(self._t_retain_room, t, r, cutoff, keep)
+        await self._call(
+            lambda db: _in_tx(db, lambda: db.execute(
+                "DELETE FROM sanctions WHERE until IS NOT NULL AND until <= ?", (now_ms,)
+            ))
+        )
+        return total
+
+    @staticmethod
+    def _t_retention_candidates(db, cutoff, keep) -> list[tuple[int, str]]:
+        found: set[tuple[int, str]] = set()
+        if keep is not None:
+            found.update(
+                db.execute("SELECT tenant_id, room FROM rooms WHERE last_seq - trimmed_seq > ?", (keep,)).fetchall()
+            )
+        if cutoff is not None:
+            # A room is a candidate when its oldest remaining message is too old.
+            found.update(
+                db.execute(
+                    "SELECT r.tenant_id, r.room FROM rooms r JOIN messages m ON m.tenant_id = r.tenant_id "
+                    "AND m.room = r.room AND m.seq = r.trimmed_seq + 1 WHERE m.created_at < ?",
+                    (cutoff,),
+                ).fetchall()
+            )
+        return sorted(tuple(x) for x in found)
+
+    @staticmethod
+    def _t_retain_room(db, t, r, cutoff, keep) -> int:
+        def body():
+            row = db.execute(
+                "SELECT last_seq, trimmed_seq FROM rooms WHERE tenant_id = ? AND room = ?", (t, r)
+            ).fetchone()
+            if row is None:
+                return 0
+            last, trimmed = row
+            bound = trimmed
+            if keep is not None:
+                bound = max(bound, last - keep)
+            if cutoff is not None:
+                # Only a prefix goes: up to the first message that is still young.
+                y = db.execute(
+                    "SELECT seq FROM messages WHERE tenant_id = ? AND room = ? AND seq > ? AND created_at >= ? "
+                    "ORDER BY seq LIMIT 1",
+                    (t, r, trimmed, cutoff),
+                ).fetchone()
+                bound = max(bound, (y[0] - 1) if y else last)
+            if bound <= trimmed:
+                return 0
+            n = db.execute(
+                "DELETE FROM messages WHERE tenant_id = ? AND room = ? AND seq <= ?", (t, r, bound)
+            ).rowcount
+            db.execute("DELETE FROM reactions WHERE tenant_id = ? AND room = ? AND seq <= ?", (t, r, bound))
+            db.execute("UPDATE rooms SET trimmed_seq = ? WHERE tenant_id = ? AND room = ?", (bound, t, r))
+            return n
+
+        return _in_tx(db, body)
+
+    # ------------------------------------------------------------------ rooms
+    async def get_room(self, tenant_id: int, room: str) -> RoomRecord | None:
+        check_scope(tenant_id, room)
+        return await self._call(self._t_get_room, tenant_id, room)
+
+    @staticmethod
+    def _t_get_room(db, t, r) -> RoomRecord | None:
+        row = db.execute(
+            "SELECT name, private, created_by, created_at FROM rooms WHERE tenant_id = ? AND room = ? AND registered = 1",
+            (t, r),
+        ).fetchone()
+        if row is None:
+            return None
+        return RoomRecord(t, r, row[0], bool(row[1]), row[2], row[3])
+
+    async def create_room(self, rec: RoomRecord) -> RoomRecord:
+        check_scope(rec.tenant_id, rec.room)
+        check_str("name", rec.name, optional=True)
+        check_int("created_by", rec.created_by)
+        check_int("created_at", rec.created_at)
+        return await self._call(self._t_create_room, rec)
+
+    @staticmethod
+    def _t_create_room(db, rec: RoomRecord) -> RoomRecord:
+        def body():
+            row = db.execute(
+                "SELECT registered FROM rooms WHERE tenant_id = ? AND room = ?", (rec.tenant_id, rec.room)
+            ).fetchone()
+            if row is not None and row[0]:
+                raise Conflict(f"room {rec.tenant_id}/{rec.room} exists")
+            db.execute(
+                "INSERT INTO rooms (tenant_id, room, name, private, created_by, created_at, updated_at, registered) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (tenant_id, room) DO UPDATE SET name = excluded.name, "
+                "private = excluded.private, created_by = excluded.created_by, created_at = excluded.created_at, "
+                "updated_at = excluded.updated_at, registered = 1",
+                (rec.tenant_id, rec.room, rec.name, int(bool(rec.private)), rec.created_by, rec.created_at,
+                 rec.created_at),
+            )
+            return rec
+
+        return _in_tx(db, body)
+
+    async def delete_room(self, tenant_id: int, room: str) -> None:
+        check_scope(tenant_id, room)
+        await self._call(self._t_delete_room, tenant_id, room)
+
+    @staticmethod
+    def _t_delete_room(db, t, r) -> None:
+        # The counter row stays (registered = 0, trimmed up to last_seq), so seqs of a
+        # room name are never reused and replay from an old seq reports complete=False.
+        def body():
+            db.execute(
+                "UPDATE rooms SET registered = 0, name = NULL, private = 0, created_by = NULL, created_at = NULL, "
+                "updated_at = ?, trimmed_seq = last_seq WHERE tenant_id = ? AND room = ?",
+                (now_ms(), t, r),
+            )
+            for table in ("messages", "memberships", "sanctions", "read_positions", "reactions"):
+                db.execute(f"DELETE FROM {table} WHERE tenant_id = ? AND room = ?", (t, r))
+
+        _in_tx(db, body)
+
+    async def get_members(self, tenant_id: int, room: str) -> dict[int, str]:
+        check_scope(tenant_id, room)
+        return await self._call(
+            lambda db: dict(db.execute(
+                "SELECT user_id, role FROM memberships WHERE tenant_id = ? AND room = ? ORDER BY user_id",
+                (tenant_id, room),
+            ).fetchall())
+        )
+
+    async def set_member(self, tenant_id: int, room: str, user_id: int, role: str | None) -> None:
+        check_scope(tenant_id, room)
+        check_int("user_id", user_id)
+        check_str("role", role, optional=True)
+        await self._call(self._t_set_member, tenant_id, room, user_id, role)
+
+    @staticmethod
+    def _t_set_member(db, t, r, user_id, role) -> None:
+        if role is None:
+            db.execute(
+                "DELETE FROM memberships WHERE tenant_id = ? AND room = ? AND user_id = ?", (t, r, user_id)
+            )
+            return
+        ts = now_ms()
+        db.execute(
+            "INSERT INTO memberships (tenant_id, room, user_id, role, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (tenant_id, room, user_id) DO UPDATE SET role = excluded.role, updated_at = excluded.updated_at",
+            (t, r, user_id, role, ts, ts),
+        )
+
+    # ------------------------------------------------------------------ sanctions
+    async def get_sanctions(self, tenant_id: int, room: str, now_ms: int) -> list[Sanction]:
+        check_scope(tenant_id, room)
+        check_int("now_ms", now_ms)
+        rows = await self._call(
+            lambda db: db.execute(
+                "SELECT kind, user_id, until, reason FROM sanctions WHERE tenant_id = ? AND room = ? "
+                "AND (until IS NULL OR until > ?) ORDER BY kind, user_id",
+                (tenant_id, room, now_ms),
+            ).fetchall()
+        )
+        return [Sanction(k, u, until, reason) for k, u, until, reason in rows]
+
+    async def set_sanction(self, tenant_id: int, room: str, s: Sanction) -> None:
+        check_scope(tenant_id, room)
+        if s.kind not in SANCTION_KINDS:
+            raise InvalidMessage(f"unknown sanction kind {s.kind!r}")
+        check_int("user_id", s.user_id)
+        check_int("until", s.until, optional=True)
+        check_str("reason", s.reason, optional=True)
+        await self._call(
+            lambda db: db.execute(
+                "INSERT INTO sanctions (tenant_id, room, kind, user_id, until, reason, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, room, kind, user_id) DO UPDATE SET "
+                "until = excluded.until, reason = excluded.reason, created_at = excluded.created_at",
+                (tenant_id, room, s.kind, s.user_id, s.until, s.reason, now_ms()),
+            )
+        )
+
+    async def remove_sanction(self, tenant_id: int, room: str, kind: str, user_id: int) -> None:
+        check_scope(tenant_id, room)
+        check_int("user_id", user_id)
+        await self._call(
+            lambda db: db.execute(
+                "DELETE FROM sanctions WHERE tenant_id = ? AND room = ? AND kind = ? AND user_id = ?",
+                (tenant_id, room, kind, user_id),
+            )
+        )
+
+    # ------------------------------------------------------------------ reactions
+    async def react(
+        self, tenant_id: int, room: str, seq: int, user_id: int, emoji: str, remove: bool
+    ) -> dict[str, list[int]]:
+        check_scope(tenant_id, room)
+        check_int("seq", seq)
+        check_int("user_id", user_id)
+        check_str("emoji", emoji)
+        return await self._call(self._t_react, tenant_id, room, seq, user_id, emoji, bool(remove))
+
+    @staticmethod
+    def _t_react(db, t, r, seq, user_id, emoji, remove) -> dict[str, list[int]]:
+        def body():
+            row = db.execute(
+                "SELECT deleted FROM messages WHERE tenant_id = ? AND room = ? AND seq = ?", (t, r, seq)
+            ).fetchone()
+            if row is None or row[0]:
+                raise NotFound(f"message {t}/{r}#{seq} not found")
+            if remove:
+                db.execute(
+                    "DELETE FROM reactions WHERE tenant_id = ? AND room = ? AND seq = ? AND emoji = ? AND user_id = ?",
+                    (t, r, seq, emoji, user_id),
+                )
+            else:
+                db.execute(
+                    "INSERT INTO reactions (tenant_id, room, seq, emoji, user_id, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (t, r, seq, emoji, user_id, now_ms()),
+                )
+            rows = db.execute(
+                "SELECT seq, emoji, user_id FROM reactions WHERE tenant_id = ? AND room = ? AND seq = ? "
+                "ORDER BY emoji, user_id",
+                (t, r, seq),
+            ).fetchall()
+            return group_reactions(rows).get(seq, {})
+
+        return _in_tx(db, body)
+
+    async def get_reactions(
+        self, tenant_id: int, room: str, seqs: list[int]
+    ) -> dict[int, dict[str, list[int]]]:
+        check_scope(tenant_id, room)
+        seqs = sorted({int(s) for s in seqs})
+        for s in seqs:
+            check_int("seq", s)
+        if not seqs:
+            return {}
+
+        def run(db):
+            rows: list = []
+            for i in range(0, len(seqs), 500):
+                chunk = seqs[i : i + 500]
+                rows += db.execute(
+                    "SELECT seq, emoji, user_id FROM reactions WHERE tenant_id = ? AND room = ? AND seq IN "
+                    f"({','.join('?' * len(chunk))}) ORDER BY seq, emoji, user_id",
+                    (tenant_id, room, *chunk),
+                ).fetchall()
+            return group_reactions(rows)
+
+        return await self._call(run)
+
+    # ------------------------------------------------------------------ audit
+    async def audit(
+        self, tenant_id: int, room: str, actor: int, action: str, target: int | None,
+        reason: str | None, ts: int,
+    ) -> None:
+        check_scope(tenant_id, room)
+        check_int("actor", actor)
+        check_str("action", action)
+        check_int("target", target, optional=True)
+        check_str("reason", reason, optional=True)
+        check_int("ts", ts)
+        await self._call(
+            lambda db: db.execute(
+                "INSERT INTO audit_log (tenant_id, room, actor, action, target, reason, ts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (tenant_id, room, actor, action, target, reason, ts),
+            )
+        )
+
+    async def get_audit(self, tenant_id: int, room: str, limit: int = 100) -> list[AuditEntry]:
+        check_scope(tenant_id, room)
+        rows = await self._call(
+            lambda db: db.execute(
+                "SELECT actor, action, target, reason, ts FROM audit_log WHERE tenant_id = ? AND room = ? "
+                "ORDER BY id DESC LIMIT ?",
+                (tenant_id, room, clamp_limit(limit)),
+            ).fetchall()
+        )
+        return [AuditEntry(tenant_id, room, *row) for row in reversed(rows)]
+
+
+# ---------------------------------------------------------------------- helpers
+def _rollback(db: sqlite3.Connection) -> None:
+    try:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
+
+
+def _in_tx(db: sqlite3.Connection, body: Callable[[], Any]) -> Any:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        res = body()
+        db.execute("COMMIT")
+        return res
+    except BaseException:
+        _rollback(db)
+        raise
+
+
+def _one_msg(db: sqlite3.Connection, t: int, r: str, seq: int) -> StoredMessage:
+    row = db.execute(
+        f"SELECT {MSG_COLS} FROM messages WHERE tenant_id = ? AND room = ? AND seq = ?", (t, r, seq)
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"message {t}/{r}#{seq} not found")
+    return row_to_message(row)
