@@ -10,6 +10,7 @@ the ``ConnHandle`` methods, so tests drive a node with in-memory handles.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import time
@@ -58,7 +59,8 @@ ABUSE_WINDOW_S = 10.0
 _LIMIT_KIND = {"send": "message", "dm": "message", "typing": "typing", "react": "reaction"}
 CONTROL = -1  # envelope seq of a room control event (moderation), never shown to clients
 REPLAY_PAGE = 200
-MAX_INFLIGHT_PER_CONN = 32
+MAX_INFLIGHT_PER_CONN = 32  # commands of one connection past their ordering point
+MAX_BACKLOG_PER_CONN = 64  # commands of one connection waiting for the one before
 
 
 class ConnHandle(Protocol):
@@ -137,6 +139,10 @@ class Node:
         broker.set_handler(self._on_broker)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._inflight: dict[str, int] = {}
+        # conn id -> commands waiting while an earlier command of the connection has not
+        # reached its ordering point (present while such a command runs)
+        self._busy: dict[str, collections.deque[Command]] = {}
+        self._pauses: dict[str, int] = {}
         self._timers: list[asyncio.Task[Any]] = []
         self.started = False
         self.stats = {"commands": 0, "errors": 0, "delivered": 0, "rate_limited": 0}
@@ -227,6 +233,8 @@ class Node:
         if claims is not None and not self.hub.user_conns(claims.tenant_id, claims.user_id):
             effects.append(Unsubscribe(_user_channel(claims.tenant_id, claims.user_id)))
         self._inflight.pop(conn.id, None)
+        self._busy.pop(conn.id, None)
+        self._pauses.pop(conn.id, None)
         conn.handle = None
         self.execute(effects)
 
@@ -324,14 +332,56 @@ class Node:
                 self._fail(conn, cmd.id, P.RATE_LIMITED, f"too many '{cmd.op}' commands; retry later",
                            retry_after_ms=retry)
                 return
+        backlog = self._busy.get(conn.id)
+        if backlog is not None:
+            backlog.append(cmd)
+            if len(backlog) == MAX_BACKLOG_PER_CONN:
+                self._pause(conn)
+            return
+        self._dispatch(conn, cmd)
+
+    def _dispatch(self, conn: Conn, cmd: Command) -> None:
+        """Run one command. Commands of a connection take effect in the order sent: an
+        async command holds the ones after it back until its *ordering point* (``send``:
+        handed to the store, which keeps the order; others: done)."""
         handler = self._ops.get(cmd.op)
         try:
             if handler is not None:
                 handler(self, conn, cmd)
             else:
+                self._busy[conn.id] = collections.deque()
                 self._spawn(conn, cmd, self._async_ops[cmd.op](self, conn, cmd))
         except ProtocolError as e:
             self._fail(conn, cmd.id, e.code, e.message, **e.extra)
+
+    def _ordered(self, conn: Conn) -> None:
+        """The running command of ``conn`` reached its ordering point: start what waits."""
+        backlog = self._busy.pop(conn.id, None)
+        if backlog is None:
+            return
+        was_full = len(backlog) >= MAX_BACKLOG_PER_CONN
+        while backlog and conn.handle is not None:
+            self._dispatch(conn, backlog.popleft())
+            nxt = self._busy.get(conn.id)
+            if nxt is not None:  # an async command leads now; the rest wait behind it
+                nxt.extend(backlog)
+                break
+        if was_full:
+            self._resume(conn)
+
+    def _pause(self, conn: Conn) -> None:
+        n = self._pauses.get(conn.id, 0)
+        self._pauses[conn.id] = n + 1
+        if n == 0 and conn.handle is not None:
+            conn.handle.pause_reading()
+
+    def _resume(self, conn: Conn) -> None:
+        n = self._pauses.get(conn.id, 0) - 1
+        if n < 0:
+            return
+        self._pauses[conn.id] = n
+        if n == 0 and conn.handle is not None:
+            conn.handle.resume_reading()
 
     def on_binary(self, conn: Conn) -> None:
         self._fail(conn, None, P.BAD_REQUEST, "binary frames are not accepted; send JSON text frames")
@@ -339,8 +389,8 @@ class Node:
     def _spawn(self, conn: Conn, cmd: Command, coro: Awaitable[None]) -> None:
         n = self._inflight.get(conn.id, 0) + 1
         self._inflight[conn.id] = n
-        if n == MAX_INFLIGHT_PER_CONN and conn.handle is not None:
-            conn.handle.pause_reading()
+        if n == MAX_INFLIGHT_PER_CONN:
+            self._pause(conn)
         task = asyncio.ensure_future(self._run(conn, cmd, coro))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -364,11 +414,12 @@ class Node:
             log.exception("internal error in op %s", cmd.op)
             self._fail(conn, cmd.id, P.INTERNAL, "internal error")
         finally:
+            self._ordered(conn)
             n = self._inflight.get(conn.id)
             if n is not None:
                 self._inflight[conn.id] = n - 1
-                if n == MAX_INFLIGHT_PER_CONN and conn.handle is not None:
-                    conn.handle.resume_reading()
+                if n == MAX_INFLIGHT_PER_CONN:
+                    self._resume(conn)
 
     # sync ops -------------------------------------------------------
 
@@ -459,7 +510,9 @@ class Node:
 
     async def _store_and_publish(self, conn: Conn, cmd: Command, new: NewMessage, channels: list[str]) -> None:
         """Store, then publish: the ack goes out only after the commit."""
-        res = await self.store.append(new)
+        pending = asyncio.ensure_future(self.store.append(new))
+        self._ordered(conn)  # the store keeps the order: the next command may start
+        res = await pending
         m = res.message
         if not res.duplicate:
             payload = Hub.encode_message(m)

@@ -190,3 +190,30 @@ def test_edit_and_delete_show_in_history(server):
         assert (await a.cmd("delete", room="t-edit", seq=99))["error"]["code"] == "not_found"
 
     run(go())
+
+
+def test_pipelined_commands_take_effect_in_order(server):
+    """A client may send join, send, history... without waiting for replies."""
+
+    async def go():
+        a = await Client.connect(server.url(1))
+        b = await Client.connect(server.url(2))
+        await b.cmd("join", room="t-pipe")
+        frames = ['{"op":"join","room":"t-pipe","id":"j"}']
+        frames += [f'{{"op":"send","room":"t-pipe","text":"p{i}","id":"s{i}"}}' for i in range(20)]
+        frames += ['{"op":"history","room":"t-pipe","limit":200,"id":"h"}', '{"op":"leave","room":"t-pipe","id":"l"}',
+                   '{"op":"send","room":"t-pipe","text":"after leave","id":"x"}']
+        for f in frames:
+            await a.send_raw(f)
+        replies = {}
+        while len(replies) < len(frames):
+            m = await a.recv()
+            if "ev" not in m:
+                replies[m["id"]] = m
+        assert replies["j"]["ok"]
+        assert [replies[f"s{i}"]["seq"] for i in range(20)] == list(range(1, 21))
+        assert [m["text"] for m in replies["h"]["messages"]] == [f"p{i}" for i in range(20)]
+        assert replies["l"]["ok"] and replies["x"]["error"]["code"] == "forbidden"
+        assert [(await b.next_event("message"))["text"] for _ in range(20)] == [f"p{i}" for i in range(20)]
+
+    run(go())
