@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .base import InvalidMessage, NewMessage, StoredMessage
+from .base import AppendResult, InvalidMessage, NewMessage, StoredMessage
 
 I64_MIN = -(1 << 63)
 I64_MAX = (1 << 63) - 1
@@ -113,3 +113,52 @@ def group_reactions(rows) -> dict[int, dict[str, list[int]]]:
     for seq, emoji, user_id in rows:
         out.setdefault(seq, {}).setdefault(emoji, []).append(user_id)
     return out
+
+
+def plan_group(
+    msgs: list[NewMessage],
+    existing_key: dict[tuple, StoredMessage],
+    existing_id: dict[tuple, StoredMessage],
+    out: list,
+) -> dict[tuple[int, str], list[int]]:
+    """Plan one group commit: settle duplicates and the messages that cannot be stored
+    into ``out`` (an ``AppendResult``, an exception, or the index of the earlier message of
+    the same group it repeats) and return the indices left to insert, grouped by room in
+    batch order. ``existing_*`` hold what the database already has, by
+    (tenant, room, sender, client_msg_id) and by (tenant, msg_id)."""
+    per_room: dict[tuple[int, str], list[int]] = {}
+    seen_key: dict[tuple, int] = {}
+    seen_id: dict[tuple, int] = {}
+    for i, m in enumerate(msgs):
+        key = None
+        if m.client_msg_id is not None:
+            key = (m.tenant_id, m.room, m.sender, m.client_msg_id)
+            ex = existing_key.get(key)
+            if ex is not None:
+                out[i] = AppendResult(ex, duplicate=True)
+                continue
+            j = seen_key.get(key)
+            if j is not None:
+                out[i] = j
+                continue
+        idk = (m.tenant_id, m.msg_id)
+        ex = existing_id.get(idk)
+        if ex is not None:
+            out[i] = (
+                AppendResult(ex, duplicate=True)
+                if ex.room == m.room
+                else InvalidMessage(f"msg_id {m.msg_id!r} already used in another room")
+            )
+            continue
+        j = seen_id.get(idk)
+        if j is not None:
+            out[i] = (
+                j if msgs[j].room == m.room
+                else InvalidMessage(f"msg_id {m.msg_id!r} already used in another room")
+            )
+            continue
+        per_room.setdefault((m.tenant_id, m.room), []).append(i)
+        if key is not None:
+            seen_key[key] = i
+        seen_id[idk] = i
+    return per_room

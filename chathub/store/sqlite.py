@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 from . import migrations as _migrations
 from ._common import (
+    plan_group,
     MSG_COLS,
     SANCTION_KINDS,
     check_int,
@@ -392,41 +393,7 @@ class SqliteMessageStore:
                 sm = row_to_message(row)
                 existing_id[(sm.tenant_id, sm.msg_id)] = sm
 
-            per_room: dict[tuple[int, str], list[int]] = {}
-            seen_key: dict[tuple, int] = {}
-            seen_id: dict[tuple, int] = {}
-            for i, m in enumerate(msgs):
-                key = None
-                if m.client_msg_id is not None:
-                    key = (m.tenant_id, m.room, m.sender, m.client_msg_id)
-                    ex = existing_key.get(key)
-                    if ex is not None:
-                        out[i] = AppendResult(ex, duplicate=True)
-                        continue
-                    j = seen_key.get(key)
-                    if j is not None:
-                        out[i] = j
-                        continue
-                idk = (m.tenant_id, m.msg_id)
-                ex = existing_id.get(idk)
-                if ex is not None:
-                    out[i] = (
-                        AppendResult(ex, duplicate=True)
-                        if ex.room == m.room
-                        else InvalidMessage(f"msg_id {m.msg_id!r} already used in another room")
-                    )
-                    continue
-                j = seen_id.get(idk)
-                if j is not None:
-                    out[i] = (
-                        j if msgs[j].room == m.room
-                        else InvalidMessage(f"msg_id {m.msg_id!r} already used in another room")
-                    )
-                    continue
-                per_room.setdefault((m.tenant_id, m.room), []).append(i)
-                if key is not None:
-                    seen_key[key] = i
-                seen_id[idk] = i
+            per_room = plan_group(msgs, existing_key, existing_id, out)
 
             rows: list[list] = []
             if per_room:
