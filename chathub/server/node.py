@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import time
 import uuid
 from typing import Any, Awaitable, Callable, Protocol
@@ -830,6 +829,3 @@ class Node:
             except Exception:  # pragma: no cover - defensive
                 log.exception("retention failed")
 
-
-def new_node_id() -> str:
-    return os.urandom(4).hex()
