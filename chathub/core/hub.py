@@ -206,6 +206,26 @@ class JoinResult:
     already: bool
 
 
+def message_fields(m: StoredMessage, into: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A stored message as the protocol shows it (in ``message`` events and ``history``)."""
+    d = into if into is not None else {}
+    d["room"] = m.room
+    d["seq"] = m.seq
+    d["msg_id"] = m.msg_id
+    d["from"] = m.sender
+    d["text"] = m.text
+    d["ts"] = m.ts
+    if m.client_msg_id is not None:
+        d["client_msg_id"] = m.client_msg_id
+    if m.reply_to is not None:
+        d["reply_to"] = m.reply_to
+    if m.edited_at is not None:
+        d["edited_at"] = m.edited_at
+    if m.deleted:
+        d["deleted"] = True
+    return d
+
+
 def room_key(tenant_id: int, room: str) -> str:
     """The node-wide key (and broker channel) of a tenant's room."""
     return f"{tenant_id}/{room}"
@@ -439,19 +459,7 @@ class Hub:
     @staticmethod
     def encode_message(m: StoredMessage) -> bytes:
         """The ``message`` event of a stored message, encoded once for every recipient."""
-        ev: dict[str, Any] = {
-            "ev": "message", "room": m.room, "seq": m.seq, "msg_id": m.msg_id,
-            "from": m.sender, "text": m.text, "ts": m.ts,
-        }
-        if m.client_msg_id is not None:
-            ev["client_msg_id"] = m.client_msg_id
-        if m.reply_to is not None:
-            ev["reply_to"] = m.reply_to
-        if m.edited_at is not None:
-            ev["edited_at"] = m.edited_at
-        if m.deleted:
-            ev["deleted"] = True
-        return orjson.dumps(ev)
+        return orjson.dumps(message_fields(m, {"ev": "message"}))
 
     def note_seq(self, key: str, seq: int) -> None:
         """Record that the room has a stored message ``seq`` (delivered by another path)."""

@@ -41,6 +41,7 @@ from chathub.core.hub import (
     Send,
     Subscribe,
     Unsubscribe,
+    message_fields,
     room_key,
 )
 from chathub.core.protocol import Command, ProtocolError
@@ -87,19 +88,6 @@ def _user_channel(tenant_id: int, user_id: int) -> str:
 def _limit_key(claims: Any) -> int:
     """One integer per (tenant, user) for the rate limiter (exact: ids are below 2**63)."""
     return (claims.tenant_id << 64) | claims.user_id
-
-
-def message_dict(m: StoredMessage) -> dict[str, Any]:
-    d: dict[str, Any] = {"room": m.room, "seq": m.seq, "msg_id": m.msg_id, "from": m.sender, "text": m.text, "ts": m.ts}
-    if m.client_msg_id is not None:
-        d["client_msg_id"] = m.client_msg_id
-    if m.reply_to is not None:
-        d["reply_to"] = m.reply_to
-    if m.edited_at is not None:
-        d["edited_at"] = m.edited_at
-    if m.deleted:
-        d["deleted"] = True
-    return d
 
 
 class Node:
@@ -549,7 +537,7 @@ class Node:
             claims.tenant_id, a["room"], before_seq=a["before_seq"], after_seq=a["after_seq"],
             limit=a["limit"] or P.HISTORY_DEFAULT_LIMIT,
         )
-        self._reply(conn, cmd, room=a["room"], messages=[message_dict(m) for m in page.messages], has_more=page.has_more)
+        self._reply(conn, cmd, room=a["room"], messages=[message_fields(m) for m in page.messages], has_more=page.has_more)
 
     async def _op_read(self, conn: Conn, cmd: Command) -> None:
         r = self.hub.member_room(conn, cmd.args["room"], cmd.id)
