@@ -45,6 +45,11 @@ class Claims:
     exp: int | None = None
 
 
+# A connection in no room shares this empty set (an empty ``set()`` is 216 bytes); the hub
+# gives it its own set at its first join and takes it back when it leaves its last room.
+_NO_ROOMS: frozenset[str] = frozenset()
+
+
 class Conn:
     """One client connection as the hub sees it. ``handle`` belongs to the adapter."""
 
@@ -53,7 +58,8 @@ class Conn:
     def __init__(self, conn_id: str, opened_at: float, handle: Any = None) -> None:
         self.id = conn_id
         self.claims: Claims | None = None
-        self.rooms: set[str] = set()  # room keys
+        # room keys: the rooms' own key strings (``Room.key``), not copies
+        self.rooms: set[str] = _NO_ROOMS  # type: ignore[assignment]
         self.gzip = False
         self.handle = handle
         self.opened_at = opened_at
@@ -365,7 +371,9 @@ class Hub:
             r = self.rooms[key] = Room(key, claims.tenant_id, room, meta)
             effects.append(Subscribe(key))
         r.conns[conn.id] = conn
-        conn.rooms.add(key)
+        if conn.rooms is _NO_ROOMS:
+            conn.rooms = set()
+        conn.rooms.add(r.key)  # the room's string, shared by its members (``key`` is a fresh copy)
         if replay:
             r.replaying[conn.id] = []
         uid = claims.user_id
@@ -408,6 +416,8 @@ class Hub:
         r.replaying.pop(conn.id, None)
         r.floor.pop(conn.id, None)
         conn.rooms.discard(r.key)
+        if not conn.rooms:
+            conn.rooms = _NO_ROOMS  # type: ignore[assignment]
         claims = conn.claims
         assert claims is not None
         uid = claims.user_id
