@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from .base import AppendResult, InvalidMessage, NewMessage, StoredMessage
@@ -107,6 +108,45 @@ def row_to_message(r) -> StoredMessage:
     )
 
 
+# Building the result of every stored message is per-message work on the hot path, and
+# a frozen dataclass ``__init__`` goes through ``object.__setattr__`` once per field.
+# ``new_result`` fills the slots directly through their descriptors (about half the
+# cost); the objects are ordinary, equal to ones built by the constructors.
+_new = object.__new__
+_SM_FIELDS = ("tenant_id", "room", "seq", "msg_id", "sender", "text", "ts", "client_msg_id", "reply_to",
+              "edited_at", "deleted")
+# every slot must be set below: fail at import if the records change
+if tuple(f.name for f in dataclasses.fields(StoredMessage)) != _SM_FIELDS or tuple(
+    f.name for f in dataclasses.fields(AppendResult)
+) != ("message", "duplicate"):  # pragma: no cover
+    raise ImportError("chathub.store._common.new_result is out of date with base.StoredMessage/AppendResult")
+(_sm_t, _sm_r, _sm_seq, _sm_id, _sm_s, _sm_x, _sm_ts, _sm_cid, _sm_rt, _sm_ed, _sm_del) = (
+    StoredMessage.__dict__[f].__set__ for f in _SM_FIELDS
+)
+_ar_msg = AppendResult.__dict__["message"].__set__
+_ar_dup = AppendResult.__dict__["duplicate"].__set__
+
+
+def new_result(t: int, r: str, seq: int, m: NewMessage) -> AppendResult:
+    """``AppendResult(StoredMessage(t, r, seq, <fields of m>))`` for a newly stored ``m``."""
+    sm = _new(StoredMessage)
+    _sm_t(sm, t)
+    _sm_r(sm, r)
+    _sm_seq(sm, seq)
+    _sm_id(sm, m.msg_id)
+    _sm_s(sm, m.sender)
+    _sm_x(sm, m.text)
+    _sm_ts(sm, m.ts)
+    _sm_cid(sm, m.client_msg_id)
+    _sm_rt(sm, m.reply_to)
+    _sm_ed(sm, None)
+    _sm_del(sm, False)
+    res = _new(AppendResult)
+    _ar_msg(res, sm)
+    _ar_dup(res, False)
+    return res
+
+
 def group_reactions(rows) -> dict[int, dict[str, list[int]]]:
     """Rows (seq, emoji, user_id) ordered by seq, emoji, user_id -> nested dict."""
     out: dict[int, dict[str, list[int]]] = {}
@@ -129,27 +169,32 @@ def plan_group(
     per_room: dict[tuple[int, str], list[int]] = {}
     seen_key: dict[tuple, int] = {}
     seen_id: dict[tuple, int] = {}
+    # (lookups in empty dicts skipped: usually nothing is stored yet)
+    ex_key = existing_key.get if existing_key else None
+    ex_id = existing_id.get if existing_id else None
     for i, m in enumerate(msgs):
         key = None
         if m.client_msg_id is not None:
             key = (m.tenant_id, m.room, m.sender, m.client_msg_id)
-            ex = existing_key.get(key)
-            if ex is not None:
-                out[i] = AppendResult(ex, duplicate=True)
-                continue
+            if ex_key is not None:
+                ex = ex_key(key)
+                if ex is not None:
+                    out[i] = AppendResult(ex, duplicate=True)
+                    continue
             j = seen_key.get(key)
             if j is not None:
                 out[i] = j
                 continue
         idk = (m.tenant_id, m.msg_id)
-        ex = existing_id.get(idk)
-        if ex is not None:
-            out[i] = (
-                AppendResult(ex, duplicate=True)
-                if ex.room == m.room
-                else InvalidMessage(f"msg_id {m.msg_id!r} already used in another room")
-            )
-            continue
+        if ex_id is not None:
+            ex = ex_id(idk)
+            if ex is not None:
+                out[i] = (
+                    AppendResult(ex, duplicate=True)
+                    if ex.room == m.room
+                    else InvalidMessage(f"msg_id {m.msg_id!r} already used in another room")
+                )
+                continue
         j = seen_id.get(idk)
         if j is not None:
             out[i] = (
@@ -157,7 +202,12 @@ def plan_group(
                 else InvalidMessage(f"msg_id {m.msg_id!r} already used in another room")
             )
             continue
-        per_room.setdefault((m.tenant_id, m.room), []).append(i)
+        rk = (m.tenant_id, m.room)
+        idxs = per_room.get(rk)
+        if idxs is None:
+            per_room[rk] = [i]
+        else:
+            idxs.append(i)
         if key is not None:
             seen_key[key] = i
         seen_id[idk] = i

@@ -69,6 +69,7 @@ from ._common import (
     check_str,
     clamp_limit,
     group_reactions,
+    new_result,
     now_ms,
     row_to_message,
     validate_new,
@@ -566,11 +567,11 @@ class PostgresMessageStore:
                     rt.append(t)
                     rr.append(r)
                     rn.append(n)
-                    for pos, i in enumerate(idxs):
+                    mt += [t] * n
+                    mr += [r] * n
+                    mb += range(n - 1, -1, -1)
+                    for i in idxs:
                         m = msgs[i]
-                        mt.append(t)
-                        mr.append(r)
-                        mb.append(n - 1 - pos)
                         mid.append(m.msg_id)
                         ms.append(m.sender)
                         mx.append(m.text)
@@ -587,12 +588,10 @@ class PostgresMessageStore:
                     raise StoreError(f"internal: inserted {rows[0]['inserted']} of {total}")
                 last = {(row[0], row[1]): row[2] for row in rows}
                 for (t, r), idxs in per_room.items():
-                    top, n = last[(t, r)], len(idxs)
-                    for pos, i in enumerate(idxs):
-                        m = msgs[i]
-                        out[i] = AppendResult(StoredMessage(
-                            t, r, top - (n - 1 - pos), m.msg_id, m.sender, m.text, m.ts, m.client_msg_id, m.reply_to
-                        ))
+                    seq = last[(t, r)] - len(idxs)
+                    for i in idxs:
+                        seq += 1
+                        out[i] = new_result(t, r, seq, msgs[i])
                 state = "commit"
                 if self._fault_hook is not None:
                     await self._fault_hook("commit", conn)
@@ -636,11 +635,12 @@ class PostgresMessageStore:
                 raise _Isolate() from e
         finally:
             await _release(pool, conn)
-        for i, v in enumerate(out):
-            if type(v) is int:
-                out[i] = AppendResult(out[v].message, duplicate=True)
-            if type(out[i]) is AppendResult and out[i].duplicate:
-                self.stats["duplicates"] += 1
+        if sum(map(len, per_room.values())) != len(msgs):  # some were not stored anew
+            for i, v in enumerate(out):
+                if type(v) is int:
+                    out[i] = v = AppendResult(out[v].message, duplicate=True)
+                if type(v) is AppendResult and v.duplicate:
+                    self.stats["duplicates"] += 1
         return out
 
     async def _rollback_or_drop(self, conn: asyncpg.Connection, state: str) -> None:
