@@ -134,7 +134,7 @@ class Peer:
         self.listener.deflate = deflate
         self.listener.transport = self.transport
         self.raw.listener = self.listener
-        self.conn = Conn("c", 0.0, self.listener)
+        self.conn = Conn("c", self.listener)
         self.conn.gzip = gzip
 
     def writes(self) -> list[bytes]:
@@ -286,7 +286,7 @@ def test_deflate_variant_is_compressed_once_with_rsv1_and_only_when_wanted(impl:
     peers[1].listener.deflate = True
     peers[2].listener.deflate = True
     rec = RecordingHandle()
-    conns = [p.conn for p in peers] + [Conn("o", 0.0, rec)]
+    conns = [p.conn for p in peers] + [Conn("o", rec)]
     small, big = b"s" * impl.DEFLATE_THRESHOLD, b'{"text":"' + b"b" * 600 + b'"}'
     assert impl.DEFLATE_THRESHOLD == 256
     impl.broadcast(conns, small, MESSAGE, 1024, None, deflate)
@@ -338,7 +338,7 @@ def test_gzip_takes_precedence_over_deflate(impl: Any) -> None:
 def test_other_handles_get_payloads_and_missing_handles_are_skipped(impl: Any) -> None:
     loop, fanout, (p,) = make(impl)
     rec = RecordingHandle()
-    gone = Conn("gone", 0.0, None)
+    gone = Conn("gone", None)
     other = types.SimpleNamespace(handle=rec, gzip=True)
     big = b"z" * 2000
     assert impl.broadcast((p.conn, gone, other), b"hello", EPHEMERAL) == 2
@@ -355,7 +355,7 @@ def test_conn_subclass_with_a_handle_property_is_read_with_getattr(impl: Any) ->
         __slots__ = ()
         handle = property(lambda self: q.listener, lambda self, value: None)  # type: ignore[assignment]
 
-    r = Redirect("r", 0.0, p.listener)
+    r = Redirect("r", p.listener)
     impl.broadcast([p.conn, r, p.conn], b"m", MESSAGE)
     loop.end_iteration()
     assert p.writes() == [frame(1, b"m") * 2]
@@ -522,7 +522,7 @@ def test_frames_wait_until_connected(impl: Any) -> None:
     loop = FakeLoop()
     lst = impl.FanoutListener(impl.Fanout(loop=loop))
     lst.send_text(b"nowhere")
-    assert impl.broadcast([Conn("c", 0.0, lst)], b"x") == 1
+    assert impl.broadcast([Conn("c", lst)], b"x") == 1
     assert lst.corked_bytes == 0 and loop.soon == []
 
 
@@ -544,8 +544,8 @@ def run_script(mod: Any, seed: int, steps: int) -> dict[str, Any]:
              for _ in range(rnd.randint(1, 8))]
     others = [RecordingHandle() for _ in range(2)]
     conns: list[Any] = [p.conn for p in peers]
-    conns += [Conn("o%d" % i, 0.0, h) for i, h in enumerate(others)]
-    conns.append(Conn("none", 0.0, None))
+    conns += [Conn("o%d" % i, h) for i, h in enumerate(others)]
+    conns.append(Conn("none", None))
     out: list[Any] = []
 
     def compress(data: bytes) -> bytes:
@@ -676,7 +676,7 @@ def test_real_socket_order_backpressure_and_close(impl: Any) -> None:
         while not server_side:
             await asyncio.sleep(0.01)
         s = server_side[0]
-        conn = Conn("c", 0.0, s)
+        conn = Conn("c", s)
         tr.underlying_transport.pause_reading()  # a slow reader: the server's buffers fill
         impl.broadcast([conn], b"first", MESSAGE)
         s.send_text(b"reply-1", MESSAGE)

@@ -94,7 +94,7 @@ def conns_for(impl: str, transports: list[WSTransport]) -> tuple[Any, list[Conn]
     for i, t in enumerate(transports):
         lst = mod.FanoutListener(fanout)
         lst.transport = t
-        conns.append(Conn(f"c-{i}", 0.0, lst))
+        conns.append(Conn(f"c-{i}", lst))
     return fanout, conns
 
 
@@ -165,7 +165,7 @@ def test_cork_only_fake(benchmark: Any, impl: str, fake_transports: list[WSTrans
 
 def test_direct_fake(benchmark: Any, fake_transports: list[WSTransport]) -> None:
     """Before the fan-out: a Python loop, one ``transport.send`` (copy + write) each."""
-    conns = [Conn(f"c-{i}", 0.0, t) for i, t in enumerate(fake_transports)]
+    conns = [Conn(f"c-{i}", t) for i, t in enumerate(fake_transports)]
     text = WSMsgType.TEXT
 
     def round_() -> None:
@@ -179,7 +179,7 @@ def test_direct_fake(benchmark: Any, fake_transports: list[WSTransport]) -> None
 
 
 def test_previous_path_fake(benchmark: Any, fake_transports: list[WSTransport]) -> None:
-    conns = [Conn(f"c-{i}", 0.0, PreviousHandle(t)) for i, t in enumerate(fake_transports)]
+    conns = [Conn(f"c-{i}", PreviousHandle(t)) for i, t in enumerate(fake_transports)]
     per_recipient(benchmark, lambda: previous_broadcast(conns, PAYLOAD, MESSAGE), N)
 
 
@@ -244,7 +244,7 @@ def test_broadcast_tcp(benchmark: Any, impl: str, tcp: Any) -> None:
 
 def test_direct_tcp(benchmark: Any, tcp: Any) -> None:
     transports, drain = tcp
-    conns = [Conn(f"c-{i}", 0.0, t) for i, t in enumerate(transports)]
+    conns = [Conn(f"c-{i}", t) for i, t in enumerate(transports)]
     text = WSMsgType.TEXT
 
     def round_() -> None:
@@ -259,7 +259,7 @@ def test_direct_tcp(benchmark: Any, tcp: Any) -> None:
 
 def test_previous_path_tcp(benchmark: Any, tcp: Any) -> None:
     transports, drain = tcp
-    conns = [Conn(f"c-{i}", 0.0, PreviousHandle(t)) for i, t in enumerate(transports)]
+    conns = [Conn(f"c-{i}", PreviousHandle(t)) for i, t in enumerate(transports)]
     per_recipient(benchmark, lambda: previous_broadcast(conns, PAYLOAD, MESSAGE), N, setup=drain)
 
 
@@ -281,7 +281,7 @@ def test_burst_tcp(benchmark: Any, impl: str, tcp: Any) -> None:
 def test_burst_previous_path_tcp(benchmark: Any, tcp: Any) -> None:
     """Ten broadcasts on the previous path: ten writes (syscalls) per connection."""
     transports, drain = tcp
-    conns = [Conn(f"c-{i}", 0.0, PreviousHandle(t)) for i, t in enumerate(transports)]
+    conns = [Conn(f"c-{i}", PreviousHandle(t)) for i, t in enumerate(transports)]
 
     def round_() -> None:
         for _ in range(BURST):

@@ -53,16 +53,15 @@ _NO_ROOMS: frozenset[str] = frozenset()
 class Conn:
     """One client connection as the hub sees it. ``handle`` belongs to the adapter."""
 
-    __slots__ = ("id", "claims", "rooms", "gzip", "handle", "opened_at")
+    __slots__ = ("id", "claims", "rooms", "gzip", "handle")
 
-    def __init__(self, conn_id: str, opened_at: float, handle: Any = None) -> None:
+    def __init__(self, conn_id: str, handle: Any = None) -> None:
         self.id = conn_id
         self.claims: Claims | None = None
         # room keys: the rooms' own key strings (``Room.key``), not copies
         self.rooms: set[str] = _NO_ROOMS  # type: ignore[assignment]
         self.gzip = False
         self.handle = handle
-        self.opened_at = opened_at
 
     @property
     def authenticated(self) -> bool:
@@ -252,8 +251,8 @@ class Hub:
 
     # ------------------------------------------------------------ connections
 
-    def connect(self, now: float, handle: Any = None) -> Conn:
-        conn = Conn(f"{self.node_id}-{next(self._ids)}", now, handle)
+    def connect(self, handle: Any = None) -> Conn:
+        conn = Conn(f"{self.node_id}-{next(self._ids)}", handle)
         self.conns[conn.id] = conn
         return conn
 

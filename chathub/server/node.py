@@ -181,7 +181,7 @@ class Node:
     def open(self, handle: ConnHandle, *, token: str | None = None, gzip: bool = False) -> Conn:
         """A WebSocket connection was upgraded. Authenticate now (token in the URL) or
         within ``auth_timeout`` (first frame ``auth``)."""
-        conn = self.hub.connect(self.clock(), handle)
+        conn = self.hub.connect(handle)
         if token is not None:
             self._authenticate(conn, token, gzip, None)
         else:

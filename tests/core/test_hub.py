@@ -14,7 +14,7 @@ from chathub.store.base import StoredMessage
 
 
 def connect(hub: Hub, user: int, tenant: int = 0):
-    c = hub.connect(0.0)
+    c = hub.connect()
     eff = hub.authenticate(c, Claims(user, tenant), 1000)
     assert len(eff) == 1 and isinstance(eff[0], Send)
     ready = orjson.loads(eff[0].payload)
@@ -39,7 +39,7 @@ def test_connection_cap_closes_extra_with_4009():
     hub = Hub(HubLimits(max_connections_per_user=2))
     connect(hub, 1)
     connect(hub, 1)
-    c3 = hub.connect(0.0)
+    c3 = hub.connect()
     eff = hub.authenticate(c3, Claims(1), 0)
     assert isinstance(eff[0], Close) and eff[0].code == P.CLOSE_TOO_MANY_CONNECTIONS
     assert not c3.authenticated
@@ -120,7 +120,7 @@ def test_dm_rooms_admit_only_participants():
 
 def test_unauthenticated_connection_cannot_join():
     hub = Hub()
-    c = hub.connect(0.0)
+    c = hub.connect()
     with pytest.raises(ProtocolError) as ei:
         hub.join(c, "r", replay=False)
     assert ei.value.code == P.UNAUTHORIZED

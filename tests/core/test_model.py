@@ -123,7 +123,7 @@ class HubModel(RuleBasedStateMachine):
     def some_members(self, k: int) -> None:
         """Start with ``k`` connections of different users in tenant 0's room ``a``."""
         for user in USERS[:k]:
-            conn = self.hub.connect(self.now)
+            conn = self.hub.connect()
             m = self.conns[conn.id] = ConnModel(conn, 0, user)
             self._authenticate(m)
             self._join(m, "a", False, 0)
@@ -223,7 +223,7 @@ class HubModel(RuleBasedStateMachine):
 
     @rule(user=st.sampled_from(USERS), tenant=TENANT, auth=st.sampled_from((True, True, False)))
     def connect(self, user: int, tenant: int, auth: bool) -> None:
-        conn = self.hub.connect(self.now)
+        conn = self.hub.connect()
         m = self.conns[conn.id] = ConnModel(conn, tenant, user)
         if auth:
             self._authenticate(m)
@@ -232,7 +232,7 @@ class HubModel(RuleBasedStateMachine):
           data=st.data())
     def connect_and_join(self, user: int, tenant: int, name: str, replay: bool, data: st.DataObject) -> None:
         """The common case, in one step: a client connects and joins a room."""
-        conn = self.hub.connect(self.now)
+        conn = self.hub.connect()
         m = self.conns[conn.id] = ConnModel(conn, tenant, user)
         self._authenticate(m)
         if m.state == "authed":
@@ -417,7 +417,7 @@ class HubModel(RuleBasedStateMachine):
         seqs = [e["seq"] for e in m.inbox[ep.inbox_start:ep.inbox_end]
                 if e.get("ev") == "message" and e["room"] == ep.name]
         since = seqs[-1] if seqs else ep.since
-        conn = self.hub.connect(self.now)
+        conn = self.hub.connect()
         n = self.conns[conn.id] = ConnModel(conn, m.tenant, m.user)
         self._authenticate(n)
         if n.state == "authed":
@@ -521,9 +521,9 @@ def late_publication_after_replay(hub: Hub) -> list[Any]:
     committed, a connection joins with ``since_seq`` 0, its replay reads message 1 from the
     store and ends (``finish_replay(…, 1)``), and only then does the publication of
     message 1 reach the hub. Returns the effects of that late ``deliver``."""
-    a = hub.connect(0.0)
+    a = hub.connect()
     hub.authenticate(a, Claims(1), 0)
-    b = hub.connect(0.0)
+    b = hub.connect()
     hub.authenticate(b, Claims(2), 0)
     hub.join(a, "r", replay=False)
     hub.join(b, "r", replay=True)
