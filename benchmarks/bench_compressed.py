@@ -32,7 +32,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from _loopback import spread_source
 from picows import WSListener, WSMsgType, ws_connect
 
 HERE = Path(__file__).resolve().parent
@@ -135,14 +135,7 @@ async def open_room(port: int, n: int, deflate: bool) -> tuple[list[Client], boo
 
     async def one(i: int) -> None:
         uid = 1 + i
-        src = f"127.0.0.{2 + uid % 50}"
-
-        async def sock_factory(url: Any) -> socket.socket:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setblocking(False)
-            s.bind((src, 0))
-            await loop.sock_connect(s, ("127.0.0.1", port))
-            return s
+        sock_factory = spread_source(port, uid, spread=50)
 
         async with sem:
             url = f"ws://127.0.0.1:{port}/ws?token={mint_token(SECRET, uid, 0)}"

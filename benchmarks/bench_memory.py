@@ -37,7 +37,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from _loopback import spread_source
 from picows import WSListener, WSMsgType, ws_connect
 
 HERE = Path(__file__).resolve().parent
@@ -138,14 +138,7 @@ async def open_many(port: int, first_user: int, n: int, concurrency: int) -> lis
 
     async def one(i: int) -> None:
         uid = first_user + i
-        src = f"127.0.0.{2 + uid % 200}"
-
-        async def sock_factory(url: Any) -> socket.socket:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setblocking(False)
-            s.bind((src, 0))
-            await loop.sock_connect(s, ("127.0.0.1", port))
-            return s
+        sock_factory = spread_source(port, uid)
 
         async with sem:
             url = f"ws://127.0.0.1:{port}/ws?token={mint_token(SECRET, uid, 0)}"

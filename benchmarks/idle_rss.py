@@ -27,7 +27,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from _loopback import spread_source
 from picows import WSListener, WSMsgType, ws_connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,14 +152,7 @@ async def open_many(port: int, first_user: int, n: int, room_size: int, concurre
 
     async def one(i: int) -> None:
         uid = first_user + i
-        src = f"127.0.0.{2 + uid % 200}"
-
-        async def sock_factory(url: Any) -> socket.socket:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setblocking(False)
-            s.bind((src, 0))
-            await loop.sock_connect(s, ("127.0.0.1", port))
-            return s
+        sock_factory = spread_source(port, uid)
 
         async with sem:
             done: asyncio.Future[Any] = loop.create_future()
