@@ -207,7 +207,9 @@ async def bench_postgres(args, dsn: str) -> dict:
     from chathub.store.postgres import PostgresMessageStore
 
     schema = f"bench_{uuid.uuid4().hex[:10]}"
-    s = PostgresMessageStore(dsn, schema=schema, max_size=args.pg_pool, writers=args.pg_writers)
+    kw = {k: v for k, v in (("writers", args.pg_writers), ("pipeline", args.pg_pipeline),
+                            ("max_batch", args.pg_max_batch)) if v is not None}
+    s = PostgresMessageStore(dsn, schema=schema, max_size=args.pg_pool, **kw)
     await s.open()
     try:
         settings = {}
@@ -225,7 +227,8 @@ async def bench_postgres(args, dsn: str) -> dict:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE', timeout=120)
         finally:
             await conn.close()
-    return {"store": "postgres", "settings": settings | {"writers": s._writers, "pool_max": args.pg_pool},
+    return {"store": "postgres", "settings": settings | {"writers": s._writers, "pipeline": s._pipeline, "max_batch": s._max_batch,
+                                        "pool_max": args.pg_pool},
             "raw": raw, "throughput": thr, "ratio": thr["acked_per_s"] / raw["rows_per_s"],
             "latency_half_load": lat}
 
@@ -290,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--raw-rows", type=int, default=100_000)
     ap.add_argument("--pg-pool", type=int, default=10)
     ap.add_argument("--pg-writers", type=int, default=None, help="writer lanes (default: the store's)")
+    ap.add_argument("--pg-pipeline", type=int, default=None, help="groups in flight per lane (default: the store's)")
+    ap.add_argument("--pg-max-batch", type=int, default=None, help="appends per group (default: the store's)")
     ap.add_argument("--dir", default=None, help="directory for the SQLite file (default: temp dir)")
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--md", metavar="PATH")

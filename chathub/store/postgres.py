@@ -2,45 +2,54 @@
 
 Group commit
     Appends are spread over ``writers`` lanes (default 1) by hash of (tenant, room); one
-    room always uses the same lane. A lane runs one batch at a time: everything queued on it while
-    the previous batch was committing goes into the next transaction (up to
-    ``max_batch``). Per batch::
+    room always uses the same lane. A lane starts a group (at most ``max_batch``
+    appends) whenever appends are queued and fewer than ``pipeline`` (default 2) of its
+    groups are in flight, each on its own connection. A group is ONE statement, run
+    outside an explicit transaction (so it is one transaction, with no BEGIN/COMMIT
+    round trips)::
 
-        [SELECT existing client_msg_ids]          -- only if some message carries one
-        BEGIN
         WITH c AS (INSERT INTO rooms … ORDER BY tenant_id, room
                    ON CONFLICT DO UPDATE SET last_seq = rooms.last_seq + n RETURNING …),
              ins AS (INSERT INTO messages SELECT … c.last_seq - k … FROM unnest(…) JOIN c)
-        SELECT c.*, txid_current() …
-        COMMIT
+        SELECT c.*, (SELECT count(*) FROM ins)
 
+    Its reply comes after the commit (synchronous_commit as configured on the server).
     The upsert creates a missing counter row (rooms are auto-created on first use) and
-    otherwise takes its row lock, so every process writing to the database allocates
-    seq ranges of a room one after the other: no gaps, no duplicates. Counter rows are
-    locked in (tenant_id, room) order, so batches of different processes cannot
-    deadlock. Results are resolved in batch order after COMMIT (= seq order per room);
-    since a room always goes through one lane, seq order also follows call order.
+    otherwise takes its row lock, so every group of every process writing to the
+    database allocates seq ranges of a room one after the other: no gaps, no
+    duplicates. Counter rows are locked in (tenant_id, room) order, so groups cannot
+    deadlock.
+
+Order of the answers
+    Two groups of a lane in flight may share a room; whichever took the room's counter
+    row first holds the lower seqs, and their replies may be read in either order. A
+    finished group's stored results are therefore held until every group that was in
+    flight when it finished and shares a room with it has finished too (one started
+    later cannot get lower seqs), then answered in seq order per room. Callers of one
+    room thus always see their results in seq order.
 
 Idempotence
     Unique indexes on (tenant, room, sender, client_msg_id) and (tenant, msg_id). The
-    pre-check finds earlier copies; two processes racing on the same client_msg_id make
-    the loser's INSERT fail with a unique violation, its transaction rolls back (undoing
-    its counter increment, so no gap) and the batch is retried, now finding the winner.
+    first attempt is optimistic: a group that repeats a stored message fails with a
+    unique violation (nothing of it is written, so no seq is burnt) and is retried with
+    pre-checks that find the earlier copies and answer those appends as duplicates.
+    Two processes racing on the same client_msg_id resolve the same way.
 
-Outages and the COMMIT outcome
+Outages and lost replies
     * Every network operation has a timeout (connect, acquire, each statement).
-    * An error before COMMIT was sent means nothing was committed: ``StoreUnavailable``.
-    * An error while COMMIT is in flight (connection lost, timeout) leaves the outcome
-      unknown. The store then settles it before answering: it reconnects (waiting for
-      the pool to come back, at most ``resolve_timeout`` seconds) and asks
-      ``txid_status(xid)`` for the batch's transaction id (fetched inside the
-      transaction). ``committed`` -> the appends succeed; ``aborted`` ->
-      ``StoreUnavailable`` (nothing stored); ``in progress`` (our old backend has not
-      noticed yet) -> it is terminated with ``pg_terminate_backend`` and asked again.
-      If the outcome cannot be settled in time, the appends raise ``CommitUnknown`` (a
-      ``StoreUnavailable``): retrying with the same client_msg_id/msg_id is then safe,
-      it returns the stored copy with ``duplicate=True``. Hence: a success is always in
-      history; a failure is never doubled by a retry with the same client_msg_id.
+    * An error reported by the server for the statement means nothing was written.
+    * A connection-level error (or a client timeout) while the statement is in flight
+      leaves the outcome unknown. The store settles it before answering: it reconnects
+      (waiting for the pool to come back, at most ``resolve_timeout`` seconds), makes
+      sure the backend that ran the statement is gone (``pg_terminate_backend`` on its
+      pid and start time, asked again until it has left ``pg_stat_activity``: until
+      then it might still commit), then looks the group's msg_ids up. All found -> the
+      appends succeed with the stored seqs; none -> ``StoreUnavailable`` (nothing
+      stored). If this cannot be settled in time, the appends raise ``CommitUnknown``
+      (a ``StoreUnavailable``): retrying with the same client_msg_id/msg_id is then
+      safe, it returns the stored copy with ``duplicate=True``. Hence: a success is
+      always in history; a failure is never doubled by a retry with the same
+      client_msg_id.
     * On a connection-level error the store probes the server with a fresh connection.
       If that fails too it marks itself down: operations fail immediately with
       ``StoreUnavailable`` (no waiting on a dead server) while a background task
@@ -137,6 +146,10 @@ _PRECHECK_IDS = (
     f"CROSS JOIN LATERAL (SELECT {MSG_COLS} FROM messages WHERE tenant_id = k.t AND msg_id = k.id LIMIT 1) AS m"
 )
 
+# One statement, so one transaction (no BEGIN/COMMIT round trips): allocate the
+# group's seq ranges and insert its rows. The upsert creates a missing counter row and
+# otherwise takes its row lock (in (tenant_id, room) order, so concurrent groups cannot
+# deadlock) and moves last_seq on by the room's count.
 _WRITE = """
 WITH c AS (
     INSERT INTO rooms AS r (tenant_id, room, last_seq)
@@ -156,13 +169,28 @@ SELECT c.tenant_id, c.room, c.last_seq, txid_current() AS xid, (SELECT count(*) 
 """
 
 
+class _Group:
+    __slots__ = ("items", "prev", "written", "settled")
+
+    def __init__(self, items: list[tuple[NewMessage, asyncio.Future]], prev: _Group | None,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.items = items
+        self.prev = prev  # the lane's group before this one, until this one is answered
+        self.written = loop.create_future()  # holds its counter rows (or is done)
+        self.settled = loop.create_future()  # its appends are answered
+
+
 class _Lane:
-    __slots__ = ("pending", "wake", "task")
+    __slots__ = ("pending", "wake", "task", "inflight", "tasks", "conns", "last")
 
     def __init__(self) -> None:
         self.pending: list[tuple[NewMessage, asyncio.Future]] = []
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
+        self.inflight: set[_Group] = set()  # started, not finished (at most ``pipeline``)
+        self.tasks: set[asyncio.Task] = set()
+        self.conns: list[tuple[asyncpg.Pool, asyncpg.Connection]] = []  # kept between writes
+        self.last: _Group | None = None
 
 
 def _quote_ident(name: str) -> str:
@@ -185,7 +213,8 @@ class PostgresMessageStore:
         migrate: bool = True,
         schema: str | None = None,
         writers: int | None = None,
-        max_batch: int = 1000,
+        pipeline: int = 2,
+        max_batch: int = 500,
         connect_timeout: float = 3.0,
         command_timeout: float = 5.0,
         resolve_timeout: float = 15.0,
@@ -198,12 +227,16 @@ class PostgresMessageStore:
         self.retention_max_per_room = retention_max_per_room
         self.schema = schema
         self._migrate_on_open = migrate
-        # One lane by default: every append of this process then shares one group, which
-        # gives the largest groups and measured best (benchmarks/bench_store.py: ~20k/s
-        # with 1 lane vs ~6-14k/s with 2-4 on 2 cores). More lanes overlap transactions
-        # of different rooms (useful when one room's counter row is held up by another
-        # process, or with a many-core server far away).
+        # One lane by default: every append of this process then shares one queue, and
+        # up to ``pipeline`` groups of it are in flight on their own connections (the
+        # server works on one while this process prepares the next and answers the
+        # last). Groups of at most ``max_batch``: with more waiting senders than that,
+        # the queue splits into several groups that keep the pipeline full.
+        # benchmarks/bench_store.py, 1000 senders on 2 cores: pipeline 1 ~49k/s,
+        # 2 ~79-84k/s, 3 ~73k/s. More lanes partition rooms (one room always uses the
+        # same lane).
         self._writers = max(1, min(writers if writers is not None else 1, self.max_size))
+        self._pipeline = max(1, min(pipeline, self.max_size))
         self._max_batch = max(1, max_batch)
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
@@ -457,40 +490,78 @@ class PostgresMessageStore:
         self._check_up()
         if not self._lanes:
             raise StoreUnavailable("store is not open")
-        lane = self._lanes[hash((msg.tenant_id, msg.room)) % len(self._lanes)]
+        lanes = self._lanes
+        lane = lanes[0] if len(lanes) == 1 else lanes[hash((msg.tenant_id, msg.room)) % len(lanes)]
         fut = asyncio.get_running_loop().create_future()
         lane.pending.append((msg, fut))
-        lane.wake.set()
+        if not lane.wake.is_set():
+            lane.wake.set()
         return await fut
 
     async def _lane_loop(self, lane: _Lane) -> None:
-        while True:
-            if not lane.pending:
-                if self._closing:
-                    return
-                lane.wake.clear()
-                await lane.wake.wait()
-                continue
-            batch = lane.pending[: self._max_batch]
-            del lane.pending[: self._max_batch]
-            try:
-                await self._commit_batch(batch)
-            except asyncio.CancelledError:
-                _fail(batch, CommitUnknown, "store closed while committing")
-                raise
-            except BaseException as e:  # noqa: BLE001 - never let a lane die
-                log.exception("writer lane error")
-                _fail(batch, StoreUnavailable, f"internal error: {e!r}", e)
+        """Start a group whenever appends are queued and fewer than ``pipeline`` groups
+        of this lane are in flight."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not lane.pending or len(lane.inflight) >= self._pipeline:
+                    if self._closing and not lane.pending:
+                        break
+                    lane.wake.clear()
+                    await lane.wake.wait()
+                    continue
+                batch = lane.pending[: self._max_batch]
+                del lane.pending[: self._max_batch]
+                g = _Group(batch, lane.last, loop)
+                lane.last = g
+                lane.inflight.add(g)
+                t = asyncio.create_task(self._run_group(lane, g))
+                lane.tasks.add(t)
+                t.add_done_callback(lane.tasks.discard)
+            while lane.tasks:
+                await asyncio.wait(set(lane.tasks))
+        except asyncio.CancelledError:
+            for t in list(lane.tasks):
+                t.cancel()
+            raise
+        finally:
+            conns, lane.conns = lane.conns, []
+            for pool, conn in conns:
+                await _release(pool, conn)
 
-    async def _commit_batch(self, batch: list[tuple[NewMessage, asyncio.Future]]) -> None:
-        items = [(m, f) for m, f in batch if not f.done()]  # callers that gave up: skip
-        if not items:
-            return
+    async def _run_group(self, lane: _Lane, g: _Group) -> None:
+        """Write one group, then answer its appends once the previous group is answered."""
+        items = [(m, f) for m, f in g.items if not f.done()]  # callers that gave up: skip
+        results: list[Any] | None = None
+        try:
+            if items:
+                results = await self._commit_batch(lane, g, items)
+        except asyncio.CancelledError:
+            _fail(items, CommitUnknown, "store closed while committing")
+            raise
+        except BaseException as e:  # noqa: BLE001 - never let a lane die
+            log.exception("writer lane error")
+            _fail(items, StoreUnavailable, f"internal error: {e!r}", e)
+        finally:
+            if not g.written.done():
+                g.written.set_result(None)
+            lane.inflight.discard(g)
+            lane.wake.set()  # a pipeline slot is free
+            prev, g.prev = g.prev, None
+            if prev is not None and not prev.settled.done():
+                # Answer in group order: a later group can only hold later seqs of a room.
+                await asyncio.wait((prev.settled,))
+            if results is not None:
+                _settle_many(items, results)
+            g.settled.set_result(None)
+
+    async def _commit_batch(self, lane: _Lane, g: _Group, items: list[tuple[NewMessage, asyncio.Future]]) -> list[Any]:
+        """Store ``items``; returns an AppendResult or exception per item."""
         msgs = [m for m, _ in items]
         check_ids = False
         for _attempt in range(4):
             try:
-                results = await self._write_batch(msgs, check_ids)
+                return await self._write_batch(lane, g, msgs, check_ids, True)
             except _Retry:
                 self.stats["retries"] += 1
                 check_ids = True
@@ -498,19 +569,22 @@ class PostgresMessageStore:
             except _Isolate:
                 break
             except StoreError as e:
-                _fail(items, type(e), str(e), e.__cause__ or e)
-                return
-            _settle_many(items, results)
-            return
+                cause = e.__cause__ or e
+                out: list[Any] = []
+                for _ in items:
+                    err = type(e)(str(e))
+                    err.__cause__ = cause
+                    out.append(err)
+                return out
         # A batch kept failing for a reason tied to its content: one message at a time,
-        # so that only the offending message fails.
-        for m, f in items:
-            if f.done():
-                continue
+        # so that only the offending message fails. (The next group stays behind these
+        # transactions: ``written`` is set only when the group is done.)
+        out = []
+        for m in msgs:
             res: Any = None
             for _attempt in range(3):
                 try:
-                    res = (await self._write_batch([m], True))[0]
+                    res = (await self._write_batch(lane, g, [m], True, False))[0]
                     break
                 except _Retry:
                     continue
@@ -522,32 +596,49 @@ class PostgresMessageStore:
                     break
             else:
                 res = StoreError("message kept conflicting")
-            _settle_many([(m, f)], [res])
+            out.append(res)
+        return out
 
-    async def _write_batch(self, msgs: list[NewMessage], check_ids: bool) -> list[Any]:
+    async def _writer_conn(self, lane: _Lane, pool: asyncpg.Pool) -> asyncpg.Connection:
+        """A connection for one write: one the lane kept from an earlier write (which
+        skips the pool's reset round trip), or a new one from the pool."""
+        while lane.conns:
+            p, conn = lane.conns.pop()
+            if p is pool and not conn.is_closed():
+                return conn
+            await _release(p, conn)
+        return await self._acquire(pool)
+
+    async def _write_batch(
+        self, lane: _Lane, g: _Group, msgs: list[NewMessage], check_ids: bool, batch: bool
+    ) -> list[Any]:
         """One attempt; returns AppendResult or exception per message, or raises
         StoreUnavailable/CommitUnknown for all, _Retry or _Isolate."""
         pool = self._check_up(writer=True)
-        conn = await self._acquire(pool)
+        conn = await self._writer_conn(lane, pool)
+        keep = False
         ct = self.command_timeout
         state = "pre"
         xid = None
         pid = conn.get_server_pid()
         out: list[Any] = [None] * len(msgs)
+        per_room: dict[tuple[int, str], list[int]] = {}
         try:
             existing_key: dict[tuple, StoredMessage] = {}
             existing_id: dict[tuple, StoredMessage] = {}
-            keyed = [m for m in msgs if m.client_msg_id is not None]
-            if keyed:
-                for row in await conn.fetch(
-                    _PRECHECK_KEYS,
-                    [m.tenant_id for m in keyed], [m.room for m in keyed],
-                    [m.sender for m in keyed], [m.client_msg_id for m in keyed],
-                    timeout=ct,
-                ):
-                    sm = row_to_message(row)
-                    existing_key[(sm.tenant_id, sm.room, sm.sender, sm.client_msg_id)] = sm
             if check_ids:
+                # Only after a unique violation (first attempts are optimistic): find
+                # what is stored already, to answer those appends as duplicates.
+                keyed = [m for m in msgs if m.client_msg_id is not None]
+                if keyed:
+                    for row in await conn.fetch(
+                        _PRECHECK_KEYS,
+                        [m.tenant_id for m in keyed], [m.room for m in keyed],
+                        [m.sender for m in keyed], [m.client_msg_id for m in keyed],
+                        timeout=ct,
+                    ):
+                        sm = row_to_message(row)
+                        existing_key[(sm.tenant_id, sm.room, sm.sender, sm.client_msg_id)] = sm
                 for row in await conn.fetch(
                     _PRECHECK_IDS, [m.tenant_id for m in msgs], [m.msg_id for m in msgs], timeout=ct
                 ):
@@ -580,12 +671,19 @@ class PostgresMessageStore:
                         mrt.append(m.reply_to)
                 await conn.execute("BEGIN", timeout=ct)
                 state = "txn"
+                prev = g.prev
+                if prev is not None and not prev.written.done():
+                    # Counter rows are taken in group order: the previous group of this
+                    # lane must hold its rows (or be done) before this one asks for them.
+                    await asyncio.wait((prev.written,), timeout=ct)
+                    if not prev.written.done():
+                        raise StoreUnavailable("the previous group of this writer lane is stuck")
                 rows = await conn.fetch(
                     _WRITE, rt, rr, rn, mt, mr, mb, mid, ms, mx, mts, mcid, mrt, timeout=ct
                 )
-                xid = rows[0]["xid"]
-                if rows[0]["inserted"] != total or len(rows) != len(per_room):
-                    raise StoreError(f"internal: inserted {rows[0]['inserted']} of {total}")
+                xid = rows[0][3]
+                if rows[0][4] != total or len(rows) != len(per_room):
+                    raise StoreError(f"internal: inserted {rows[0][4]} of {total}")
                 last = {(row[0], row[1]): row[2] for row in rows}
                 for (t, r), idxs in per_room.items():
                     seq = last[(t, r)] - len(idxs)
@@ -593,12 +691,15 @@ class PostgresMessageStore:
                         seq += 1
                         out[i] = new_result(t, r, seq, msgs[i])
                 state = "commit"
+                if batch and not g.written.done():
+                    g.written.set_result(None)  # the next group may take the counter rows now
                 if self._fault_hook is not None:
                     await self._fault_hook("commit", conn)
                 await conn.execute("COMMIT", timeout=ct)
                 state = "done"
                 self.stats["groups"] += 1
                 self.stats["inserted"] += total
+            keep = True
         except BaseException as e:  # noqa: BLE001
             if state == "commit":
                 _kill(conn)
@@ -623,18 +724,21 @@ class PostgresMessageStore:
                     _kill(conn)
                     raise
                 if isinstance(e, _RETRYABLE):
-                    await self._rollback_or_drop(conn, state)
+                    keep = await self._rollback_or_drop(conn, state)
                     raise _Retry() from e
                 if _is_unavailable(e):
                     _kill(conn)
                     self._suspect(pool, e)
                     raise StoreUnavailable(f"PostgreSQL unavailable: {e!r}") from e
-                await self._rollback_or_drop(conn, state)
+                keep = await self._rollback_or_drop(conn, state)
                 if isinstance(e, StoreError):
                     raise
                 raise _Isolate() from e
         finally:
-            await _release(pool, conn)
+            if keep and not self._closing and pool is self._pool and not conn.is_closed():
+                lane.conns.append((pool, conn))
+            else:
+                await _release(pool, conn)
         if sum(map(len, per_room.values())) != len(msgs):  # some were not stored anew
             for i, v in enumerate(out):
                 if type(v) is int:
@@ -643,13 +747,16 @@ class PostgresMessageStore:
                     self.stats["duplicates"] += 1
         return out
 
-    async def _rollback_or_drop(self, conn: asyncpg.Connection, state: str) -> None:
+    async def _rollback_or_drop(self, conn: asyncpg.Connection, state: str) -> bool:
+        """End a failed transaction; True if the connection is fit for reuse."""
         if state == "pre":
-            return
+            return True
         try:
             await conn.execute("ROLLBACK", timeout=self.command_timeout)
+            return True
         except Exception:  # noqa: BLE001
             _kill(conn)
+            return False
 
     async def _resolve(self, xid: int | None, old_pid: int) -> bool | None:
         """Outcome of transaction ``xid`` whose COMMIT reply was lost: True committed,

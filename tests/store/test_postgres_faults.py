@@ -421,3 +421,48 @@ def test_cross_process_duplicate_race_is_retried(fresh, run):
         print(f"\nunique-violation retries: a={a.stats['retries']} b={b.stats['retries']}")
 
     run(body())
+
+
+def test_pipelined_groups_keep_call_order_through_retries(fresh, run):
+    """Small groups, three in flight, some appends repeating an earlier client_msg_id
+    (their group fails on the unique index and is retried with pre-checks while later
+    groups wait): per room, seqs follow call order, answers come in seq order, no gaps."""
+
+    async def body():
+        store = await fresh(max_batch=7, pipeline=3, max_size=6)
+        answered: dict[str, list[int]] = {}
+
+        async def one(m):
+            r = await store.append(m)
+            if not r.duplicate:
+                answered.setdefault(m.room, []).append(r.message.seq)
+            return r
+
+        msgs = []
+        for i in range(600):
+            room = f"pl{i % 5}"
+            # every 23rd append repeats the client_msg_id of the append 5 before it (same room)
+            cid = f"c{i - 5}" if i % 23 == 0 and i >= 5 else f"c{i}"
+            msgs.append(NewMessage(1, room, 1, "x", 1, f"pl-{i}", cid))
+        tasks = []
+        for i, m in enumerate(msgs):
+            tasks.append(asyncio.ensure_future(one(m)))
+            if i % 11 == 0:
+                await asyncio.sleep(0)  # groups start while others are queued
+        res = await asyncio.gather(*tasks)
+        assert store.stats["retries"] > 0 and store.stats["groups"] > 50
+        first: dict[str, str] = {}
+        for m, r in zip(msgs, res):
+            if m.client_msg_id in first:
+                assert r.duplicate and r.message.msg_id == first[m.client_msg_id]
+            else:
+                assert not r.duplicate
+                first[m.client_msg_id] = m.msg_id
+        for room in {m.room for m in msgs}:
+            fresh_seqs = [r.message.seq for m, r in zip(msgs, res) if m.room == room and not r.duplicate]
+            assert fresh_seqs == list(range(1, len(fresh_seqs) + 1)), f"{room}: seq does not follow call order"
+            assert answered[room] == fresh_seqs, f"{room}: answers out of seq order"
+            hist = await history_all(store, 1, room)
+            assert [m.seq for m in hist] == fresh_seqs
+
+    run(body())
