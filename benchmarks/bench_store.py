@@ -7,10 +7,14 @@ For each store (SQLite always; PostgreSQL with ``--postgres DSN`` or
 1. raw rate, measured in the same run on the same table and settings:
    SQLite: one ``executemany`` INSERT of ``--raw-rows`` rows in one transaction
    (WAL, synchronous=FULL); PostgreSQL: one asyncpg ``COPY`` of ``--raw-rows`` rows
-   into the same ``messages`` table;
+   into the same ``messages`` table; rows shaped like the store's (same tenant, rooms,
+   senders, text), deleted again afterwards;
 2. store rate: ``--senders`` concurrent senders, each awaiting ``append`` (with a
    client_msg_id) in a loop for ``--seconds``; every counted message was acknowledged,
    i.e. committed durably; ratio = store rate / raw rate;
+2b. the raw rate again, right after the throughput phase, on the same table as the
+   store left it (a few 100k rows: the indexes no longer fit in the page cache, which
+   costs SQLite much more than on the empty table); ratio_same_size = store rate / that;
 3. ack latency at half of the measured store rate: open loop (appends are issued on a
    fixed schedule whether or not earlier ones finished; latency is counted from the
    scheduled time, so queueing is not hidden), p50/p99/p99.9/max.
@@ -58,12 +62,24 @@ def _msg(i: int, rooms: int, tag: str) -> NewMessage:
 
 
 # ------------------------------------------------------------------------------ raw rates
-def raw_sqlite(path: str, rows: int) -> dict:
-    db = sqlite3.connect(path, isolation_level=None)
+# Raw rows look like the store's (tenant 1, the same rooms, senders and text), with seqs
+# far above the store's (no collision with its primary key) and their own ids; they are
+# deleted again after the measurement.
+RAW_SEQ0 = 10**12
+
+
+def _raw_rows(rows: int, rooms: int, tag: str) -> list[tuple]:
+    now = time.time_ns() // 1_000_000
+    return [(1, f"room{i % rooms}", RAW_SEQ0 + i, f"raw{tag}-{i}", i % 1000, TEXT, now, f"c-raw{tag}-{i}", None)
+            for i in range(rows)]
+
+
+def raw_sqlite(path: str, rows: int, rooms: int, tag: str) -> dict:
+    db = sqlite3.connect(path, isolation_level=None, timeout=30)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
-    now = time.time_ns() // 1_000_000
-    data = [(0, "raw", i + 1, f"raw-{i}", i % 1000, TEXT, now, f"c-raw-{i}", None) for i in range(rows)]
+    data = _raw_rows(rows, rooms, tag)
+    size = db.execute("SELECT count(*) FROM messages").fetchone()[0]
     t0 = time.perf_counter()
     db.execute("BEGIN IMMEDIATE")
     db.executemany(
@@ -71,18 +87,20 @@ def raw_sqlite(path: str, rows: int) -> dict:
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", data)
     db.execute("COMMIT")
     dt = time.perf_counter() - t0
-    db.execute("DELETE FROM messages WHERE tenant_id = 0")
+    db.execute("DELETE FROM messages WHERE tenant_id = 1 AND seq >= ?", (RAW_SEQ0,))
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
-    return {"rows": rows, "seconds": dt, "rows_per_s": rows / dt, "method": "executemany, one transaction"}
+    return {"rows": rows, "seconds": dt, "rows_per_s": rows / dt, "table_rows_before": size,
+            "method": "executemany, one transaction"}
 
 
-async def raw_postgres(dsn: str, schema: str, rows: int) -> dict:
+async def raw_postgres(dsn: str, schema: str, rows: int, rooms: int, tag: str) -> dict:
     import asyncpg
 
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
-        now = time.time_ns() // 1_000_000
-        data = [(0, "raw", i + 1, f"raw-{i}", i % 1000, TEXT, now, f"c-raw-{i}", None) for i in range(rows)]
+        data = _raw_rows(rows, rooms, tag)
+        size = await conn.fetchval(f'SELECT count(*) FROM "{schema}".messages')
         t0 = time.perf_counter()
         await conn.copy_records_to_table(
             "messages", records=data, schema_name=schema, timeout=600,
@@ -90,10 +108,13 @@ async def raw_postgres(dsn: str, schema: str, rows: int) -> dict:
                      "reply_to"],
         )
         dt = time.perf_counter() - t0
-        await conn.execute(f'DELETE FROM "{schema}".messages WHERE tenant_id = 0', timeout=600)
+        await conn.execute(f'DELETE FROM "{schema}".messages WHERE tenant_id = 1 AND seq >= $1', RAW_SEQ0,
+                           timeout=600)
+        await conn.execute(f'VACUUM "{schema}".messages', timeout=600)
     finally:
         await conn.close()
-    return {"rows": rows, "seconds": dt, "rows_per_s": rows / dt, "method": "asyncpg COPY, one transaction"}
+    return {"rows": rows, "seconds": dt, "rows_per_s": rows / dt, "table_rows_before": size,
+            "method": "asyncpg COPY, one transaction"}
 
 
 # ------------------------------------------------------------------------------ store runs
@@ -188,17 +209,22 @@ async def bench_sqlite(args, workdir: str) -> dict:
     s = SqliteMessageStore(path)
     await s.open()  # creates the schema
     await s.close()
-    raw = await asyncio.get_running_loop().run_in_executor(None, raw_sqlite, path, args.raw_rows)
-    s = SqliteMessageStore(path)
+    loop = asyncio.get_running_loop()
+    raw = await loop.run_in_executor(None, raw_sqlite, path, args.raw_rows, args.rooms, "a")
+    kw = {k: v for k, v in (("cache_kib", args.sqlite_cache_kib), ("max_batch", args.sqlite_max_batch))
+          if v is not None}
+    s = SqliteMessageStore(path, **kw)
     await s.open()
     try:
         await closed_loop(s, args.senders, args.warmup, args.rooms, "warm")
         thr = await closed_loop(s, args.senders, args.seconds, args.rooms, "thr")
+        raw_same = await loop.run_in_executor(None, raw_sqlite, path, args.raw_rows, args.rooms, "b")
         lat = await open_loop(s, thr["acked_per_s"] / 2, args.seconds, args.rooms, "lat")
     finally:
         await s.close()
     return {"store": "sqlite", "settings": "WAL, synchronous=FULL, one worker thread", "raw": raw,
-            "throughput": thr, "ratio": thr["acked_per_s"] / raw["rows_per_s"], "latency_half_load": lat}
+            "raw_same_size": raw_same, "throughput": thr, "ratio": thr["acked_per_s"] / raw["rows_per_s"],
+            "ratio_same_size": thr["acked_per_s"] / raw_same["rows_per_s"], "latency_half_load": lat}
 
 
 async def bench_postgres(args, dsn: str) -> dict:
@@ -216,9 +242,10 @@ async def bench_postgres(args, dsn: str) -> dict:
         async with s._conn() as c:
             for k in ("server_version", "fsync", "synchronous_commit", "wal_sync_method", "shared_buffers"):
                 settings[k] = await c.fetchval(f"SHOW {k}")
-        raw = await raw_postgres(dsn, schema, args.raw_rows)
+        raw = await raw_postgres(dsn, schema, args.raw_rows, args.rooms, "a")
         await closed_loop(s, args.senders, args.warmup, args.rooms, "warm")
         thr = await closed_loop(s, args.senders, args.seconds, args.rooms, "thr")
+        raw_same = await raw_postgres(dsn, schema, args.raw_rows, args.rooms, "b")
         lat = await open_loop(s, thr["acked_per_s"] / 2, args.seconds, args.rooms, "lat")
     finally:
         await s.close()
@@ -229,8 +256,8 @@ async def bench_postgres(args, dsn: str) -> dict:
             await conn.close()
     return {"store": "postgres", "settings": settings | {"writers": s._writers, "pipeline": s._pipeline, "max_batch": s._max_batch,
                                         "pool_max": args.pg_pool},
-            "raw": raw, "throughput": thr, "ratio": thr["acked_per_s"] / raw["rows_per_s"],
-            "latency_half_load": lat}
+            "raw": raw, "raw_same_size": raw_same, "throughput": thr, "ratio": thr["acked_per_s"] / raw["rows_per_s"],
+            "ratio_same_size": thr["acked_per_s"] / raw_same["rows_per_s"], "latency_half_load": lat}
 
 
 def markdown(results: list[dict], args) -> str:
@@ -238,19 +265,23 @@ def markdown(results: list[dict], args) -> str:
         f"Store benchmark: {args.senders} concurrent senders, {args.rooms} rooms, {args.seconds:g}s per phase, "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
         "",
-        "| store | acked+committed msg/s | raw rows/s (same run) | ratio | avg group | closed-loop p99 ms "
-        "| half load msg/s | p50 ms | p99 ms | p99.9 ms | max ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| store | acked+committed msg/s | raw rows/s, empty table | ratio | raw rows/s, same table after the run "
+        "| ratio | avg group | closed-loop p99 ms | half load msg/s | p50 ms | p99 ms | p99.9 ms | max ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         t, l = r["throughput"], r["latency_half_load"]
         lines.append(
             f"| {r['store']} | {t['acked_per_s']:,.0f} | {r['raw']['rows_per_s']:,.0f} | {r['ratio']:.2f} "
+            f"| {r['raw_same_size']['rows_per_s']:,.0f} ({r['raw_same_size']['table_rows_before']:,} rows) "
+            f"| {r['ratio_same_size']:.2f} "
             f"| {t['avg_group'] or 0:.1f} | {t['closed_loop_p99_ms']:.1f} | {l['achieved_per_s']:,.0f} "
             f"| {l['p50_ms']:.2f} | {l['p99_ms']:.2f} | {l['p999_ms']:.2f} | {l['max_ms']:.2f} |"
         )
     lines += ["", "raw = " + "; ".join(f"{r['store']}: {r['raw']['method']} of {r['raw']['rows']:,} rows"
-                                       for r in results)]
+                                       for r in results)
+              + ", measured on the empty table before the store's run and again on the same table right "
+                "after the throughput phase (the store's rows still in it)"]
     return "\n".join(lines) + "\n"
 
 
@@ -286,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--private-postgres", action="store_true",
                     help="start a private PostgreSQL (Debian binaries) for the run")
     ap.add_argument("--skip-sqlite", action="store_true")
+    ap.add_argument("--sqlite-cache-kib", type=int, default=None, help="SQLite page cache (default: the store's)")
+    ap.add_argument("--sqlite-max-batch", type=int, default=None, help="appends per group (default: the store's)")
     ap.add_argument("--senders", type=int, default=64)
     ap.add_argument("--rooms", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=5.0)

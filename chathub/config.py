@@ -41,6 +41,7 @@ class HubConfig:
     postgres_dsn: str | None = None
     redis_url: str | None = None
     migrate_on_start: bool = True
+    sqlite_cache_kib: int = 16384  # page cache of the embedded SQLite store (an upper bound)
     # limits (the seed's HubConfig)
     max_connections_per_user: int = 3
     max_rooms_per_connection: int = 50
@@ -93,6 +94,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "large_room_threshold": (1, 10_000_000),
     "retention_max_age_s": (1, 100 * 365 * 86400),
     "retention_max_per_room": (1, 10**12),
+    "sqlite_cache_kib": (64, 16 * 1024 * 1024),
 }
 
 _FIELDS = {f.name: f for f in fields(HubConfig)}

@@ -85,6 +85,7 @@ def build_node(cfg: HubConfig) -> Node:
         retention_max_age_s=cfg.retention_max_age_s,
         retention_max_per_room=cfg.retention_max_per_room,
         migrate=cfg.migrate_on_start,
+        **({} if cfg.postgres_dsn else {"cache_kib": cfg.sqlite_cache_kib}),
     )
     if cfg.redis_url:
         log.warning("redis_url is set, but the Redis broker is not in this version; using the in-process broker")

@@ -61,6 +61,7 @@ CONTROL = -1  # envelope seq of a room control event (moderation), never shown t
 REPLAY_PAGE = 200
 MAX_INFLIGHT_PER_CONN = 32  # commands of one connection past their ordering point
 MAX_BACKLOG_PER_CONN = 64  # commands of one connection waiting for the one before
+_APPEND_OPS = frozenset({"send", "dm"})  # ordered by the store among themselves
 
 
 class ConnHandle(Protocol):
@@ -129,6 +130,10 @@ class Node:
         # conn id -> commands waiting while an earlier command of the connection has not
         # reached its ordering point (present while such a command runs)
         self._busy: dict[str, collections.deque[Command]] = {}
+        # conn id -> appends (send/dm) handed to the store and not answered yet; and the
+        # connections whose next command waits for them (it reads what they write)
+        self._appending: dict[str, int] = {}
+        self._barrier: set[str] = set()
         self._pauses: dict[str, int] = {}
         self._timers: list[asyncio.Task[Any]] = []
         self.started = False
@@ -221,6 +226,8 @@ class Node:
             effects.append(Unsubscribe(_user_channel(claims.tenant_id, claims.user_id)))
         self._inflight.pop(conn.id, None)
         self._busy.pop(conn.id, None)
+        self._appending.pop(conn.id, None)
+        self._barrier.discard(conn.id)
         self._pauses.pop(conn.id, None)
         conn.handle = None
         self.execute(effects)
@@ -330,11 +337,17 @@ class Node:
     def _dispatch(self, conn: Conn, cmd: Command) -> None:
         """Run one command. Commands of a connection take effect in the order sent: an
         async command holds the ones after it back until its *ordering point* (``send``:
-        handed to the store, which keeps the order; others: done)."""
+        handed to the store, which keeps the order of appends; others: done). Another
+        async command (a read, a join with replay, an edit…) also waits until the
+        connection's earlier appends are answered, so that it sees them whatever the
+        store does with concurrent reads."""
         handler = self._ops.get(cmd.op)
         try:
             if handler is not None:
                 handler(self, conn, cmd)
+            elif cmd.op not in _APPEND_OPS and self._appending.get(conn.id):
+                self._busy[conn.id] = collections.deque((cmd,))
+                self._barrier.add(conn.id)
             else:
                 self._busy[conn.id] = collections.deque()
                 self._spawn(conn, cmd, self._async_ops[cmd.op](self, conn, cmd))
@@ -498,8 +511,20 @@ class Node:
     async def _store_and_publish(self, conn: Conn, cmd: Command, new: NewMessage, channels: list[str]) -> None:
         """Store, then publish: the ack goes out only after the commit."""
         pending = asyncio.ensure_future(self.store.append(new))
-        self._ordered(conn)  # the store keeps the order: the next command may start
-        res = await pending
+        cid = conn.id
+        self._appending[cid] = self._appending.get(cid, 0) + 1
+        try:
+            self._ordered(conn)  # the store keeps the order of appends: the next may start
+            res = await pending
+        finally:
+            n = self._appending.get(cid, 0) - 1
+            if n > 0:
+                self._appending[cid] = n
+            else:
+                self._appending.pop(cid, None)
+                if cid in self._barrier and conn.handle is not None:
+                    self._barrier.discard(cid)
+                    self._ordered(conn)
         m = res.message
         if not res.duplicate:
             payload = Hub.encode_message(m)

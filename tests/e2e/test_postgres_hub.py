@@ -98,3 +98,34 @@ def test_two_hub_processes_share_one_gap_free_sequence(server_factory, pg_dsn):
         assert [m["seq"] for m in h["messages"]] == list(range(1, 101))
 
     run(go())
+
+
+def test_pipelined_sends_then_reads_see_them(server_factory, pg_dsn):
+    """PostgreSQL reads run on other connections than the writes: a history or a join
+    with replay pipelined right behind sends must still see them (the hub holds such a
+    command until the connection's earlier sends are answered)."""
+    srv = server_factory(extra_env={"CHATHUB_POSTGRES_DSN": pg_dsn})
+
+    async def go():
+        a = await Client.connect(srv.url(1))
+        frames = ['{"op":"join","room":"pg-pipe","id":"j"}']
+        frames += [f'{{"op":"send","room":"pg-pipe","text":"p{i}","id":"s{i}"}}' for i in range(30)]
+        frames += ['{"op":"history","room":"pg-pipe","limit":200,"id":"h"}',
+                   '{"op":"leave","room":"pg-pipe","id":"l"}',
+                   '{"op":"join","room":"pg-pipe","since_seq":0,"id":"j2"}']
+        for f in frames:
+            await a.send_raw(f)
+        replies = {}
+        replayed = []
+        while len(replies) < len(frames) or len(replayed) < 30:
+            m = await a.recv()
+            if m.get("ev") == "message" and "j2" in replies:
+                replayed.append(m["text"])
+            elif "ev" not in m:
+                replies[m["id"]] = m
+        assert [replies[f"s{i}"]["seq"] for i in range(30)] == list(range(1, 31))
+        assert [m["text"] for m in replies["h"]["messages"]] == [f"p{i}" for i in range(30)]
+        assert replies["j2"]["ok"]
+        assert replayed == [f"p{i}" for i in range(30)]
+
+    run(go())
