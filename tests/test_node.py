@@ -147,3 +147,31 @@ def test_gzip_clients_get_one_shared_compressed_frame(tmp_path):
         await node.store.close()
 
     asyncio.run(go())
+
+
+def test_a_burst_of_sends_is_one_store_group_and_a_read_after_it_sees_them(tmp_path):
+    """Sends of one connection are handed to the store as they are read, so a burst
+    pipelined by a client commits as one group; a history right behind them waits for
+    their commit and sees all of them."""
+
+    async def go():
+        node = await make_node(tmp_path)
+        a, b = FakeHandle(), FakeHandle()
+        ca = node.open(a, token=node.token_for(1))
+        cb = node.open(b, token=node.token_for(2))
+        node.on_text(ca, b'{"op":"join","room":"r","id":"j"}')
+        node.on_text(cb, b'{"op":"join","room":"r","id":"j"}')
+        await settle()
+        groups0 = node.store.stats["groups"]
+        for i in range(16):
+            node.on_text(ca, b'{"op":"send","room":"r","text":"m%d","id":%d}' % (i, i))
+        node.on_text(ca, b'{"op":"history","room":"r","limit":50,"id":"h"}')
+        await settle()
+        assert node.store.stats["groups"] - groups0 == 1
+        replies = {e["id"]: e for e in a.events() if "id" in e}
+        assert [replies[i]["seq"] for i in range(16)] == list(range(1, 17))
+        assert [m["text"] for m in replies["h"]["messages"]] == [f"m{i}" for i in range(16)]
+        assert [m["seq"] for m in b.events("message")] == list(range(1, 17))
+        await node.store.close()
+
+    asyncio.run(go())

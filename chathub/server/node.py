@@ -345,7 +345,9 @@ class Node:
         try:
             if handler is not None:
                 handler(self, conn, cmd)
-            elif cmd.op not in _APPEND_OPS and self._appending.get(conn.id):
+            elif cmd.op in _APPEND_OPS:
+                self._start_append(conn, cmd)
+            elif self._appending.get(conn.id):
                 self._busy[conn.id] = collections.deque((cmd,))
                 self._barrier.add(conn.id)
             else:
@@ -386,18 +388,35 @@ class Node:
     def on_binary(self, conn: Conn) -> None:
         self._fail(conn, None, P.BAD_REQUEST, "binary frames are not accepted; send JSON text frames")
 
-    def _spawn(self, conn: Conn, cmd: Command, coro: Awaitable[None]) -> None:
+    def _spawn(self, conn: Conn, cmd: Command, coro: Awaitable[None], leads: bool = True) -> None:
+        """Run an async command. ``leads``: it holds the connection's later commands back
+        until it is done (see ``_dispatch``)."""
         n = self._inflight.get(conn.id, 0) + 1
         self._inflight[conn.id] = n
         if n == MAX_INFLIGHT_PER_CONN:
             self._pause(conn)
-        task = asyncio.ensure_future(self._run(conn, cmd, coro))
+        task = asyncio.ensure_future(self._run(conn, cmd, coro, leads))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, conn: Conn, cmd: Command, coro: Awaitable[None]) -> None:
+    async def _run(self, conn: Conn, cmd: Command, coro: Awaitable[None], leads: bool = True) -> None:
         try:
             await coro
+        except Exception as e:  # noqa: BLE001
+            self._fail_with(conn, cmd, e)
+        finally:
+            if leads:
+                self._ordered(conn)
+            n = self._inflight.get(conn.id)
+            if n is not None:
+                self._inflight[conn.id] = n - 1
+                if n == MAX_INFLIGHT_PER_CONN:
+                    self._resume(conn)
+
+    def _fail_with(self, conn: Conn, cmd: Command, exc: Exception) -> None:
+        """Answer a failed command with the protocol's error for ``exc``."""
+        try:
+            raise exc
         except ProtocolError as e:
             self._fail(conn, cmd.id, e.code, e.message, **e.extra)
         except CommitUnknown:
@@ -413,13 +432,6 @@ class Node:
         except Exception:
             log.exception("internal error in op %s", cmd.op)
             self._fail(conn, cmd.id, P.INTERNAL, "internal error")
-        finally:
-            self._ordered(conn)
-            n = self._inflight.get(conn.id)
-            if n is not None:
-                self._inflight[conn.id] = n - 1
-                if n == MAX_INFLIGHT_PER_CONN:
-                    self._resume(conn)
 
     # sync ops -------------------------------------------------------
 
@@ -500,22 +512,34 @@ class Node:
             out["members_truncated"] = True
         return out
 
-    async def _op_send(self, conn: Conn, cmd: Command) -> None:
-        a = cmd.args
-        new = self.hub.prepare_send(
-            conn, a["room"], a["text"], now_ms=self.wall_ms(), msg_id=uuid.uuid4().hex,
-            client_msg_id=a["client_msg_id"], reply_to=a["reply_to"], cmd_id=cmd.id,
-        )
-        await self._store_and_publish(conn, cmd, new, [room_key(new.tenant_id, new.room)])
-
-    async def _store_and_publish(self, conn: Conn, cmd: Command, new: NewMessage, channels: list[str]) -> None:
-        """Store, then publish: the ack goes out only after the commit."""
-        pending = asyncio.ensure_future(self.store.append(new))
+    def _start_append(self, conn: Conn, cmd: Command) -> None:
+        """``send``/``dm``: checked and handed to the store right here, in the order the
+        connection sent them (their ordering point), so a burst of sends from one
+        connection lands in one store group and one fan-out pass; the rest (ack,
+        publish) follows when the store answers."""
+        if cmd.op == "send":
+            a = cmd.args
+            new = self.hub.prepare_send(
+                conn, a["room"], a["text"], now_ms=self.wall_ms(), msg_id=uuid.uuid4().hex,
+                client_msg_id=a["client_msg_id"], reply_to=a["reply_to"], cmd_id=cmd.id,
+            )
+            channels = [room_key(new.tenant_id, new.room)]
+        else:
+            new, channels = self._prepare_dm(conn, cmd)
+        try:
+            fut = self.store.submit(new)
+        except Exception as e:  # noqa: BLE001 - StoreUnavailable, InvalidMessage…
+            self._fail_with(conn, cmd, e)
+            return
         cid = conn.id
         self._appending[cid] = self._appending.get(cid, 0) + 1
+        self._spawn(conn, cmd, self._finish_append(conn, cmd, fut, channels), leads=False)
+
+    async def _finish_append(self, conn: Conn, cmd: Command, fut: asyncio.Future, channels: list[str]) -> None:
+        """Publish, then ack: the ack goes out only after the commit."""
+        cid = conn.id
         try:
-            self._ordered(conn)  # the store keeps the order of appends: the next may start
-            res = await pending
+            res = await fut
         finally:
             n = self._appending.get(cid, 0) - 1
             if n > 0:
@@ -536,7 +560,7 @@ class Node:
             result["duplicate"] = True
         self._reply(conn, cmd, **result)
 
-    async def _op_dm(self, conn: Conn, cmd: Command) -> None:
+    def _prepare_dm(self, conn: Conn, cmd: Command) -> tuple[NewMessage, list[str]]:
         """A direct message reaches every connection of both users (their user channels)."""
         claims = conn.claims
         assert claims is not None
@@ -549,7 +573,7 @@ class Node:
         channels = [_user_channel(claims.tenant_id, claims.user_id)]
         if to != claims.user_id:
             channels.append(_user_channel(claims.tenant_id, to))
-        await self._store_and_publish(conn, cmd, new, channels)
+        return new, channels
 
     async def _op_history(self, conn: Conn, cmd: Command) -> None:
         a = cmd.args
@@ -770,8 +794,6 @@ class Node:
     }
     _async_ops: dict[str, Callable[["Node", Conn, Command], Awaitable[None]]] = {
         "join": _op_join,
-        "send": _op_send,
-        "dm": _op_dm,
         "history": _op_history,
         "read": _op_read,
         "edit": _op_edit,

@@ -27,6 +27,8 @@ None of the methods block the event loop; SQLite work runs on a worker thread.
 
 from __future__ import annotations
 
+import asyncio
+
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -125,6 +127,11 @@ class MessageStore(Protocol):
 
         Raises ``StoreUnavailable`` when it could not be committed.
         """
+
+    def submit(self, msg: NewMessage) -> "asyncio.Future[AppendResult]":
+        """``append`` without the coroutine: queue ``msg`` now (so its place in call
+        order is taken by this call, not when a task first runs) and return the future
+        of its result. Invalid input or a closed store raise here, at once."""
 
     async def history(
         self,

@@ -486,6 +486,9 @@ class PostgresMessageStore:
 
     # ------------------------------------------------------------------ append
     async def append(self, msg: NewMessage) -> AppendResult:
+        return await self.submit(msg)
+
+    def submit(self, msg: NewMessage) -> asyncio.Future[AppendResult]:
         validate_new(msg)
         self._check_up()
         if not self._lanes:
@@ -496,7 +499,7 @@ class PostgresMessageStore:
         lane.pending.append((msg, fut))
         if not lane.wake.is_set():
             lane.wake.set()
-        return await fut
+        return fut
 
     async def _lane_loop(self, lane: _Lane) -> None:
         """Start a group whenever appends are queued and fewer than ``pipeline`` groups

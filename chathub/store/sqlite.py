@@ -470,6 +470,9 @@ class SqliteMessageStore:
 
     # ------------------------------------------------------------------ append
     async def append(self, msg: NewMessage) -> AppendResult:
+        return await self.submit(msg)
+
+    def submit(self, msg: NewMessage) -> asyncio.Future[AppendResult]:
         validate_new(msg)
         if self._closed or self._thread is None:
             raise StoreUnavailable("store is closed" if self._closed else "store is not open")
@@ -477,7 +480,7 @@ class SqliteMessageStore:
         self._pending.append((msg, fut))
         if not self._busy and not self._dispatch_soon:
             self._schedule_dispatch()
-        return await fut
+        return fut
 
     def _schedule_dispatch(self) -> None:
         # call_soon: the group forms after the callbacks already queued in this loop
