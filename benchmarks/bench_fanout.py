@@ -24,7 +24,10 @@ Scenarios (full size; ``--quick`` shrinks them to a few seconds each):
 * ``b`` — 10,000 connections in rooms of 100, 1,000 publishes/s in total (one publisher
   per room);
 * ``c`` — 20,000 idle connections in rooms of 100 (capped by RLIMIT_NOFILE's hard
-  limit: the server needs a few descriptors beyond its connections).
+  limit: the server needs a few descriptors beyond its connections);
+* ``a16`` — one room of 1000, 800 messages/s sent in bursts of 16 back-to-back messages
+  (50 bursts/s): at least 16 frames queued per connection at once, the case the
+  ``c-floor-batch16`` cost is the bar for.
 
 Figures, per server and scenario: server CPU µs per delivered message (utime+stime from
 /proc/PID/stat over the measured window only: first measured publish → last expected
@@ -68,12 +71,16 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "b": dict(name="b: 10,000 in rooms of 100, 1000 msg/s", conns=10_000, room_size=100, rate=1000.0, warmup=2.0,
               seconds=10.0),
     "c": dict(name="c: 20,000 idle", conns=20_000, room_size=100, idle=True, idle_seconds=5.0),
+    "a16": dict(name="a16: 1 room × 1000, 800 msg/s in bursts of 16", conns=1000, room_size=1000, rate=800.0,
+                burst=16, warmup=2.0, seconds=10.0),
 }
 QUICK: dict[str, dict[str, Any]] = {
     "a": dict(name="a (quick): 1 room × 200, 50 msg/s", conns=200, room_size=200, rate=50.0, warmup=1.0, seconds=3.0),
     "b": dict(name="b (quick): 1000 in rooms of 100, 100 msg/s", conns=1000, room_size=100, rate=100.0, warmup=1.0,
               seconds=3.0),
     "c": dict(name="c (quick): 2000 idle", conns=2000, room_size=100, idle=True, idle_seconds=2.0),
+    "a16": dict(name="a16 (quick): 1 room × 200, 800 msg/s in bursts of 16", conns=200, room_size=200, rate=800.0,
+                burst=16, warmup=1.0, seconds=3.0),
 }
 SERVER_CPU = 0
 LOADGEN_CPU = 1
@@ -440,6 +447,13 @@ def targets(doc: dict[str, Any]) -> list[str]:
             p = res.get((PICOWS, key), {}).get("cpu_us_per_delivery")
             if p:
                 lines.append(f"* scenario {key}: {c / p:.2f}× the plain picows loop ({p:.3f} µs) measured in the same run")
+    ch = res.get(("chathub", "a16"), {})
+    fb = res.get(("c-floor-batch16", "a16"), {}) or res.get(("c-floor-batch16", "a"), {})
+    c, f = ch.get("cpu_us_per_delivery"), fb.get("cpu_us_per_delivery")
+    if c is not None and f:
+        lines.append(f"* scenario a16 (bursts of 16 frames per connection): CPU per delivery {c:.3f} µs = "
+                     f"{c / f:.2f}× the batched C cost ({f:.3f} µs, 16 frames per send()); target ≤ 1.5×: "
+                     f"{ok(c / f <= 1.5)}")
     ch = res.get(("chathub", "b"), {})
     if ch.get("server_cpu_pct") is not None:
         lines.append(f"* scenario b: server CPU {ch['server_cpu_pct']:.1f} % of a core (target ≤ 35 %): "

@@ -259,21 +259,28 @@ async def quiesce(max_s: float = 60.0, quiet_s: float = 0.5) -> float:
     return time.monotonic() - t0
 
 
-async def publish_phase(pubs: list[Client], rate: float, seconds: float, phase: bytes) -> int:
-    """Publish ``rate*seconds`` messages at a fixed rate, round-robin over the publishers."""
+async def publish_phase(pubs: list[Client], rate: float, seconds: float, phase: bytes, burst: int = 1) -> int:
+    """Publish ``rate*seconds`` messages at a fixed rate, round-robin over the publishers;
+    with ``burst`` > 1, in bursts of that many back-to-back messages from one publisher."""
     total = max(1, int(rate * seconds))
     start = time.monotonic()
     sent = 0
     k = 0
     npub = len(pubs)
     while sent < total:
-        due = min(total, int((time.monotonic() - start) * rate) + 1)
+        due = min(total, (int((time.monotonic() - start) * rate / burst) + 1) * burst)
         while sent < due:
             pubs[k].publish(phase)
-            k = k + 1 if k + 1 < npub else 0
             sent += 1
+            if sent % burst == 0:
+                k = k + 1 if k + 1 < npub else 0
         await asyncio.sleep(0.001)
     return sent
+
+
+def publisher_of(j: int, npub: int, burst: int) -> int:
+    """Index of the publisher of the j-th message of a phase (see ``publish_phase``)."""
+    return (j // burst) % npub
 
 
 async def wait_count(idx: int, target: int, timeout: float) -> bool:
@@ -329,13 +336,14 @@ async def run(cfg: dict[str, Any]) -> dict[str, Any]:
         out["error"] = "no room has two connected members"
         return out
 
+    burst = int(cfg.get("burst", 1))
+
     def expected(n_msgs: int) -> int:
-        # round-robin: publisher k sends messages k, k+npub, …
         npub = len(pubs)
-        return sum(recipients[id(pubs[k])] * (n_msgs // npub + (1 if k < n_msgs % npub else 0)) for k in range(npub))
+        return sum(recipients[id(pubs[publisher_of(j, npub, burst)])] for j in range(n_msgs))
 
     # warm-up
-    wn = await publish_phase(pubs, rate, cfg.get("warmup", 2.0), b"W")
+    wn = await publish_phase(pubs, rate, cfg.get("warmup", 2.0), b"W", burst)
     warm_ok = await wait_count(1, expected(wn), cfg.get("drain_timeout", 20.0))
     await quiesce(max_s=10, quiet_s=0.3)
     out.update(warmup_messages=wn, warmup_drained=warm_ok)
@@ -346,7 +354,7 @@ async def run(cfg: dict[str, Any]) -> dict[str, Any]:
     k0 = cpu_times(scpu)
     d0 = C[0] + C[1]
     c0, t0 = proc_cpu_s(pid), time.monotonic()
-    n_msgs = await publish_phase(pubs, rate, cfg["seconds"], b"M")
+    n_msgs = await publish_phase(pubs, rate, cfg["seconds"], b"M", burst)
     t_pub = time.monotonic()
     exp = expected(n_msgs)
     drained = await wait_count(0, exp, cfg.get("drain_timeout", 20.0))

@@ -35,6 +35,7 @@ import collections
 import logging
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject, PyTypeObject
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
@@ -460,16 +461,16 @@ cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gz
     cdef bytes dframe = None
     cdef object gz = None
     cdef object d
-    cdef object seq
+    cdef list seq
     cdef object c, h
-    if type(conns) is list or type(conns) is tuple:
-        seq = conns
+    if type(conns) is list:
+        seq = <list>conns
     else:
         seq = list(conns)
-    for i in range(len(seq)):
-        if i >= len(seq):  # shrunk by a fallback handle's send_*
+    for i in range(PyList_GET_SIZE(seq)):
+        if i >= PyList_GET_SIZE(seq):  # shrunk by a fallback handle's send_*
             break
-        c = seq[i]
+        c = <object>PyList_GET_ITEM(seq, i)
         if Py_TYPE(c) is _slot_type:
             h = _slot(c, _handle_off, "handle")
         else:
