@@ -47,7 +47,7 @@ class Claims:
 
 # A connection in no room shares this empty set (an empty ``set()`` is 216 bytes); the hub
 # gives it its own set at its first join and takes it back when it leaves its last room.
-_NO_ROOMS: frozenset[str] = frozenset()
+_NO_ROOMS: tuple[str, ...] = ()
 
 
 class Conn:
@@ -58,8 +58,12 @@ class Conn:
     def __init__(self, conn_id: str, handle: Any = None) -> None:
         self.id = conn_id
         self.claims: Claims | None = None
-        # room keys: the rooms' own key strings (``Room.key``), not copies
-        self.rooms: set[str] = _NO_ROOMS  # type: ignore[assignment]
+        # room keys: the rooms' own key strings (``Room.key``), not copies. A list, not a
+        # set: at most ``max_rooms_per_connection`` (50) short entries, and a set's table
+        # for 20 rooms is 2 KiB (about 100 B per membership; measured with
+        # benchmarks/bench_memory.py), a list's 0.2 KiB. Membership tests compare the
+        # shared key objects, so a scan of a few dozen is cheap.
+        self.rooms: list[str] = _NO_ROOMS  # type: ignore[assignment]
         self.gzip = False
         self.handle = handle
 
@@ -371,8 +375,8 @@ class Hub:
             effects.append(Subscribe(key))
         r.conns[conn.id] = conn
         if conn.rooms is _NO_ROOMS:
-            conn.rooms = set()
-        conn.rooms.add(r.key)  # the room's string, shared by its members (``key`` is a fresh copy)
+            conn.rooms = []
+        conn.rooms.append(r.key)  # the room's string, shared by its members (``key`` is a fresh copy)
         if replay:
             r.replaying[conn.id] = []
         uid = claims.user_id
@@ -414,7 +418,7 @@ class Hub:
         del r.conns[conn.id]
         r.replaying.pop(conn.id, None)
         r.floor.pop(conn.id, None)
-        conn.rooms.discard(r.key)
+        conn.rooms.remove(r.key)  # it is there: ``r.conns`` had it
         if not conn.rooms:
             conn.rooms = _NO_ROOMS  # type: ignore[assignment]
         claims = conn.claims

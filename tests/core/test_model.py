@@ -460,7 +460,8 @@ class HubModel(RuleBasedStateMachine):
             assert r.users == counts, key
             assert set(r.replaying) <= set(r.conns)
         for m in self.conns.values():
-            assert m.conn.rooms == set(m.current) if m.state in ("authed", "closing") else not m.current
+            assert len(set(m.conn.rooms)) == len(m.conn.rooms)  # no room twice
+            assert set(m.conn.rooms) == set(m.current) if m.state in ("authed", "closing") else not m.current
 
     @invariant()
     def messages_exactly_once_in_order(self) -> None:
