@@ -130,10 +130,10 @@ class Node:
         # conn id -> commands waiting while an earlier command of the connection has not
         # reached its ordering point (present while such a command runs)
         self._busy: dict[str, collections.deque[Command]] = {}
-        # conn id -> appends (send/dm) handed to the store and not answered yet; and the
-        # connections whose next command waits for them (it reads what they write)
+        # conn id -> appends (send/dm) handed to the store and not answered yet. While
+        # there are some, a ``_busy`` entry of the connection can only be a command
+        # waiting for them (no command that holds the others back starts meanwhile).
         self._appending: dict[str, int] = {}
-        self._barrier: set[str] = set()
         self._pauses: dict[str, int] = {}
         self._timers: list[asyncio.Task[Any]] = []
         self.started = False
@@ -227,7 +227,6 @@ class Node:
         self._inflight.pop(conn.id, None)
         self._busy.pop(conn.id, None)
         self._appending.pop(conn.id, None)
-        self._barrier.discard(conn.id)
         self._pauses.pop(conn.id, None)
         conn.handle = None
         self.execute(effects)
@@ -348,8 +347,7 @@ class Node:
             elif cmd.op in _APPEND_OPS:
                 self._start_append(conn, cmd)
             elif self._appending.get(conn.id):
-                self._busy[conn.id] = collections.deque((cmd,))
-                self._barrier.add(conn.id)
+                self._busy[conn.id] = collections.deque((cmd,))  # started by _finish_append
             else:
                 self._busy[conn.id] = collections.deque()
                 self._spawn(conn, cmd, self._async_ops[cmd.op](self, conn, cmd))
@@ -546,9 +544,8 @@ class Node:
                 self._appending[cid] = n
             else:
                 self._appending.pop(cid, None)
-                if cid in self._barrier and conn.handle is not None:
-                    self._barrier.discard(cid)
-                    self._ordered(conn)
+                if cid in self._busy and conn.handle is not None:
+                    self._ordered(conn)  # the command waiting for these appends
         m = res.message
         if not res.duplicate:
             payload = Hub.encode_message(m)

@@ -131,22 +131,6 @@ def _precheck_ids_sql(n: int) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _room_counters_sql(n: int) -> str:
-    return (
-        f"SELECT r.tenant_id, r.room, r.last_seq FROM (VALUES {_values(2, n)}) AS k CROSS JOIN rooms AS r "
-        "ON r.tenant_id = k.column1 AND r.room = k.column2"
-    )
-
-
-@functools.lru_cache(maxsize=None)
-def _upsert_counters_sql(n: int) -> str:
-    return (
-        f"INSERT INTO rooms (tenant_id, room, last_seq) VALUES {_values(3, n)} "
-        "ON CONFLICT (tenant_id, room) DO UPDATE SET last_seq = excluded.last_seq"
-    )
-
-
-@functools.lru_cache(maxsize=None)
 def _insert_msgs_sql(n: int) -> str:
     return (
         "INSERT INTO messages (tenant_id, room, seq, msg_id, sender, text, created_at, client_msg_id, reply_to) "
@@ -569,21 +553,23 @@ class SqliteMessageStore:
         self._post(self._group_done, group, results)
 
     def _t_slow_group(self, msgs: list[NewMessage], err: BaseException | None = None) -> list[Any]:
-        if err is not None and _is_unavailable(err):
+        """(worker) The group with pre-checks after a unique-index hit (``err`` None), or
+        after ``err``: all fail when the database is unavailable, else one at a time so
+        that a bad message does not fail its neighbours."""
+        if err is None:
+            try:
+                return self._t_append_txn(msgs)
+            except BaseException as e:  # noqa: BLE001
+                err = e
+        if _is_unavailable(err):
             return [_map_exc(err)] + [StoreUnavailable(str(err)) for _ in msgs[1:]]
-        try:
-            return self._t_append_txn(msgs)
-        except BaseException as e:  # noqa: BLE001
-            if _is_unavailable(e):
-                return [_map_exc(e)] + [StoreUnavailable(str(e)) for _ in msgs[1:]]
-            # One bad message must not fail its neighbours: redo one by one.
-            results: list[Any] = []
-            for m in msgs:
-                try:
-                    results.extend(self._t_append_txn([m]))
-                except BaseException as e2:  # noqa: BLE001
-                    results.append(_map_exc(e2))
-            return results
+        results: list[Any] = []
+        for m in msgs:
+            try:
+                results.extend(self._t_append_txn([m]))
+            except BaseException as e2:  # noqa: BLE001
+                results.append(_map_exc(e2))
+        return results
 
     def _t_append_txn(self, msgs: list[NewMessage]) -> list[Any]:
         """One group, one transaction. The first attempt does not look up the group's
@@ -625,22 +611,19 @@ class SqliteMessageStore:
             per_room = plan_group(msgs, existing_key, existing_id, out)
 
             if per_room:
-                keys: list = []
-                for k in per_room:
-                    keys += k
-                last = {(t, r): v for t, r, v in _run_chunked(db, _room_counters_sql, 2, keys)}
-                params: list = []
                 counters: list = []
                 for (t, r), idxs in per_room.items():
-                    seq = last.get((t, r), 0)
+                    counters += (t, r, len(idxs))
+                last = {(t, r): v for t, r, v in _run_chunked(db, _add_counters_sql, 3, counters)}
+                params: list = []
+                for (t, r), idxs in per_room.items():
+                    seq = last[(t, r)] - len(idxs)
                     for i in idxs:
                         m = msgs[i]
                         seq += 1
                         out[i] = new_result(t, r, seq, m)
                         params += (t, r, seq, m.msg_id, m.sender, m.text, m.ts, m.client_msg_id, m.reply_to)
-                    counters += (t, r, seq)
                     inserted += len(idxs)
-                _run_chunked(db, _upsert_counters_sql, 3, counters)
                 try:
                     _run_chunked(db, _insert_msgs_sql, 9, params)
                 except sqlite3.IntegrityError as e:
