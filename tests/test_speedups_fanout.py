@@ -229,6 +229,65 @@ def test_frames_of_one_iteration_are_coalesced_into_one_write(impl: Any) -> None
     assert p.writes()[-1] == frame(1, b"three")
 
 
+def test_a_burst_to_one_room_is_one_write_per_connection_in_order(impl: Any) -> None:
+    """Broadcasts to the same connections in one iteration (a burst in one room, each
+    with a new list as the hub builds them), with other frames for some members and a
+    pause in between: every connection gets its frames in order, in one write, and the
+    paused one queues the rest."""
+    loop, fanout, peers = make(impl, 4, cork_cap=1000)
+    room = [p.conn for p in peers[:3]]
+    msgs = [b"m%d" % i * 20 for i in range(8)]
+    impl.broadcast(list(room), msgs[0])
+    impl.broadcast(list(room), msgs[1])
+    peers[1].listener.send_text(b"own")  # a reply to one member between two messages
+    impl.broadcast(list(room), msgs[2])
+    impl.broadcast(list(room), msgs[3])
+    peers[2].listener.pause_writing()  # paused without a write: queues from now on
+    impl.broadcast(list(room), msgs[4])
+    impl.broadcast(list(room) + [peers[3].conn], msgs[5])  # someone joined
+    impl.broadcast(list(room) + [peers[3].conn], msgs[6])
+    assert peers[2].listener.queued_frames == 3
+    for m in msgs[7:]:
+        impl.broadcast(list(room) + [peers[3].conn], m)
+    loop.end_iteration()
+    f = [frame(1, m) for m in msgs]
+    assert peers[0].writes() == [b"".join(f)]
+    assert peers[1].writes() == [b"".join(f[:2]) + frame(1, b"own") + b"".join(f[2:])]
+    assert peers[2].writes() == [b"".join(f[:4])]
+    assert peers[3].writes() == [b"".join(f[5:])]
+    peers[2].listener.resume_writing()
+    assert peers[2].writes()[1:] == [b"".join(f[4:])]
+    # the cap splits a long burst the same way as frames corked one by one
+    for i in range(30):
+        impl.broadcast(list(room), b"%02d" % i * 25)
+    loop.end_iteration()
+    per = [frame(1, b"%02d" % i * 25) for i in range(30)]
+    writes = peers[0].writes()[1:]
+    assert writes == [b"".join(per[:19]), b"".join(per[19:])]  # 19 x 52 bytes: the next would pass 1000
+
+
+def test_compiled_burst_appends_to_one_batch() -> None:
+    """The compiled module does the burst above without per-recipient work: after the
+    first broadcast, each one to the same connections is one append to a shared batch."""
+    mod = _compiled()
+    loop, fanout, peers = make(mod, 50)
+    room = [p.conn for p in peers]
+    for i in range(16):
+        assert mod.broadcast(list(room), b"m%d" % i) == 50
+    assert fanout.batched == 15
+    peers[7].listener.send_text(b"own")  # diverges: its cork is its own from now on, so
+    mod.broadcast(list(room), b"x")       # the rest of this iteration's broadcasts to the
+    mod.broadcast(list(room), b"y")       # room are corked one by one (no batch)
+    assert fanout.batched == 15
+    loop.end_iteration()
+    mod.broadcast(list(room), b"next")  # a new iteration: a new batch
+    mod.broadcast(list(room), b"again")
+    assert fanout.batched == 16
+    body = b"".join(frame(1, b"m%d" % i) for i in range(16))
+    assert peers[0].writes() == [body + frame(1, b"x") + frame(1, b"y")]
+    assert peers[7].writes() == [body + frame(1, b"own") + frame(1, b"x") + frame(1, b"y")]
+
+
 def test_cork_is_written_when_it_reaches_the_cap(impl: Any) -> None:
     loop, fanout, (p,) = make(impl, cork_cap=1000)
     a, b, c = b"a" * 400, b"b" * 400, b"c" * 400
@@ -529,8 +588,9 @@ def test_frames_wait_until_connected(impl: Any) -> None:
 # ---------------------------------------------------------------- differential
 
 
-OPS = ("broadcast", "send_text", "send_binary", "end", "pause", "drain", "resume", "close", "reset", "release")
-WEIGHTS = (30, 8, 3, 15, 5, 8, 3, 1, 0.5, 0.5)
+OPS = ("broadcast", "room", "regroup", "send_text", "send_binary", "end", "pause", "drain", "resume", "close",
+       "reset", "release")
+WEIGHTS = (15, 25, 2, 8, 3, 15, 5, 8, 3, 1, 0.5, 0.5)
 
 
 def run_script(mod: Any, seed: int, steps: int) -> dict[str, Any]:
@@ -547,6 +607,13 @@ def run_script(mod: Any, seed: int, steps: int) -> dict[str, Any]:
     conns += [Conn("o%d" % i, h) for i, h in enumerate(others)]
     conns.append(Conn("none", None))
     out: list[Any] = []
+    # a "room": the same connections broadcast to again and again (a new list each time,
+    # as the hub builds it), so the compiled module's batches grow, close and reopen
+    def new_room() -> list[Any]:
+        pool = conns if rnd.random() < 0.2 else [p.conn for p in peers]
+        return rnd.sample(pool, rnd.randint(1, len(pool)))
+
+    room = new_room()
 
     def compress(data: bytes) -> bytes:
         out.append(("compress", len(data)))
@@ -567,6 +634,11 @@ def run_script(mod: Any, seed: int, steps: int) -> dict[str, Any]:
         if op == "broadcast":
             targets = rnd.sample(conns, rnd.randint(0, len(conns)))
             out.append(("n", mod.broadcast(targets, payload(), kind, 1024, compress, deflate)))
+        elif op == "room":
+            body = payload() if rnd.random() < 0.3 else b"m" * rnd.choice([0, 10, 125, 190, 300])
+            out.append(("n", mod.broadcast(list(room), body, kind, 1024, compress, deflate)))
+        elif op == "regroup":
+            room = new_room()
         elif op == "send_text":
             p.listener.send_text(payload(), kind)
         elif op == "send_binary":
@@ -597,6 +669,7 @@ def run_script(mod: Any, seed: int, steps: int) -> dict[str, Any]:
         "others": [h.got for h in others],
         "scheduled": loop.scheduled,
         "later": [d for d, _ in loop.later],
+        "fanout": fanout,
     }
 
 
@@ -606,17 +679,23 @@ def test_compiled_and_twin_write_the_same_bytes(seed: int, steps: int) -> None:
     compiled = _compiled()
     a = run_script(compiled, seed, steps)
     b = run_script(_fanout_py, seed, steps)
+    a.pop("fanout"), b.pop("fanout")
     assert a["events"] == b["events"]
     assert a == b
 
 
 def test_differential_long_scripts() -> None:
     compiled = _compiled()
+    wrote = batched = 0
     for seed in range(40):
         a = run_script(compiled, seed, 600)
         b = run_script(_fanout_py, seed, 600)
+        batched += a.pop("fanout").batched
+        b.pop("fanout")
         assert a == b, seed
-    assert any(ev for ev in a["events"])
+        wrote += sum(1 for events in a["events"] for e in events if e[0] == "write")
+    assert wrote > 1000
+    assert batched > 100  # the scripts do grow the compiled module's broadcast batches
 
 
 def test_twin_is_selected_by_speedups() -> None:

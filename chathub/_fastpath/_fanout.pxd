@@ -11,6 +11,7 @@ Everything runs on the event loop's thread.
 from picows.picows cimport WSListener, WSTransport
 
 cdef class FanoutListener
+cdef class _Batch
 
 
 cdef class Fanout:
@@ -22,6 +23,8 @@ cdef class Fanout:
     cdef list _dirty                           # listeners corked in this iteration
     cdef object _scheduled_on                  # loop of the pending flush, or None
     cdef object _flush_cb
+    cdef _Batch _open                          # the broadcast batch that may still grow, or None
+    cdef readonly Py_ssize_t batched           # frames appended to an open batch (statistics)
 
     cdef object _get_loop(self)
     # Registers a listener for the end-of-iteration flush (one call_soon per iteration).
@@ -34,7 +37,8 @@ cdef class FanoutListener(WSListener):
     cdef readonly bint paused
     cdef bint _dirty
     cdef readonly Fanout fanout
-    cdef bytes _pending          # the only corked frame, by reference (not copied), or None
+    cdef object _pending         # the whole cork by reference (not copied), or None: one
+                                 # frame (bytes) or a broadcast batch (_Batch)
     cdef char* _cork             # two or more corked frames, copied (malloc); NULL otherwise
     cdef Py_ssize_t _cork_len
     cdef Py_ssize_t _cork_alloc
@@ -54,8 +58,30 @@ cdef class FanoutListener(WSListener):
     cdef int _put(self, bytes frame, int kind) except -1
     cdef int _enqueue(self, bytes frame, int kind) except -1
     cdef int _append(self, bytes frame) except -1
+    cdef int _put_batch(self, _Batch b, int kind) except -1
     cdef int _flush(self) except -1
     cdef void _release(self) noexcept
+
+
+cdef class _Batch:
+    # The frames that broadcasts to one list of connections queued during one loop
+    # iteration: every listener of the list holds it as its whole cork (by reference), so
+    # the next broadcast to the same list appends its frame here once instead of to each
+    # listener. Closed (no more frames) as soon as any of its listeners needs its cork for
+    # anything else, writes, pauses or closes, and at the end of the iteration.
+    cdef bytes first             # the only frame, by reference, or None
+    cdef char* buf               # two or more frames, copied (malloc); NULL otherwise
+    cdef Py_ssize_t size
+    cdef Py_ssize_t alloc
+    cdef bint open
+    cdef Fanout fanout
+    cdef list targets            # copy of the connections list it was opened for
+    cdef Py_ssize_t count        # broadcast()'s answer for that list
+    cdef bint has_gzip           # a target asked for gzip
+    cdef bint has_deflate        # a target negotiated permessage-deflate
+
+    cdef void close(self) noexcept
+    cdef int append(self, bytes frame) except -1
 
 
 # Writes ``payload`` to every connection of ``conns`` (a list or tuple of objects with

@@ -34,6 +34,9 @@ class Fanout:
     def loop(self) -> AbstractEventLoop | Any | None: ...
     @property
     def corked(self) -> int: ...
+    @property
+    def batched(self) -> int:
+        """Frames a broadcast appended to an open batch (compiled module only)."""
     def __init__(
         self,
         max_queue_frames: int = 1000,

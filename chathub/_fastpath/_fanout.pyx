@@ -11,7 +11,16 @@ bytes written to every connection, in the same writes, and the same closes.
   recipient's listener, at C level: no Python-level call per recipient.
 * Each ``FanoutListener`` corks what it is given during one loop iteration: the first
   frame is kept by reference (no copy), further ones are copied into a cork buffer
-  allocated on demand (never for an idle connection) and freed after the write. The
+  allocated on demand (never for an idle connection) and freed after the write.
+* Broadcast batches: a broadcast to a list of connections corks one ``_Batch`` (its
+  frame) by reference in every listener whose cork is empty. The next broadcast in the
+  same iteration to the very same list (same connection objects, same order: compared
+  with one ``memcmp`` of the list's item pointers), as the hub sends for a burst of
+  messages in one room, appends its frame to the batch once, with no per-recipient work
+  at all; every listener still writes its whole cork in one write. A batch takes no more
+  frames once any of its listeners writes, pauses, closes or gets a frame of its own, or
+  a frame would take it to ``cork_cap``; the writes on the wire are exactly those of
+  corking each frame in each listener (the twin does that). The
   ``Fanout`` flushes every corked listener once at the end of the iteration (one
   ``loop.call_soon`` per iteration), or a listener at once when its cork reaches
   ``cork_cap`` bytes. One write (``WSTransport._fast_write``: usually one ``send()``
@@ -34,11 +43,13 @@ import asyncio
 import collections
 import logging
 
+cimport cython
+
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject, PyTypeObject
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 from picows.picows cimport MemoryBuffer, WSCloseCode, WSListener, WSTransport
 
@@ -84,6 +95,71 @@ cdef extern from "Python.h":
 
 cdef extern from "structmember.h":
     int Py_T_OBJECT_EX "T_OBJECT_EX"
+
+cdef extern from "Python.h":
+    ctypedef struct PyListObject:
+        PyObject** ob_item
+
+
+cdef inline bint _same_items(list a, list b) noexcept:
+    """``a`` and ``b`` hold the very same objects in the same order."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(a)
+    if n != PyList_GET_SIZE(b):
+        return False
+    return memcmp((<PyListObject*>a).ob_item, (<PyListObject*>b).ob_item, n * sizeof(PyObject*)) == 0
+
+
+cdef inline char* _batch_data(_Batch b) noexcept:
+    return b.buf if b.buf is not NULL else PyBytes_AS_STRING(b.first)
+
+
+@cython.final
+cdef class _Batch:
+    """Frames of broadcasts to one list of connections in one loop iteration, held by
+    reference as the whole cork of each of its listeners (see the module docstring)."""
+
+    def __dealloc__(self):
+        if self.buf is not NULL:
+            free(self.buf)
+            self.buf = NULL
+
+    cdef void close(self) noexcept:
+        """No more frames: a listener's cork diverges from the others (or the iteration ends)."""
+        if self.open:
+            self.open = False
+            self.targets = None
+            # (last: the fanout's reference may be the last one; callers hold their own)
+            if self.fanout is not None and self.fanout._open is self:
+                self.fanout._open = None
+
+    cdef int append(self, bytes frame) except -1:
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
+        cdef Py_ssize_t need = self.size + n
+        cdef Py_ssize_t alloc
+        cdef char* p
+        if self.buf is NULL:
+            alloc = _MIN_CORK_ALLOC
+            while alloc < need:
+                alloc *= 2
+            p = <char*>malloc(alloc)
+            if p is NULL:
+                raise MemoryError()
+            memcpy(p, PyBytes_AS_STRING(self.first), self.size)
+            self.buf = p
+            self.alloc = alloc
+            self.first = None
+        elif need > self.alloc:
+            alloc = self.alloc * 2
+            while alloc < need:
+                alloc *= 2
+            p = <char*>realloc(self.buf, alloc)
+            if p is NULL:
+                raise MemoryError()
+            self.buf = p
+            self.alloc = alloc
+        memcpy(self.buf + self.size, PyBytes_AS_STRING(frame), n)
+        self.size = need
+        return 0
 
 
 cdef class Fanout:
@@ -131,8 +207,11 @@ cdef class Fanout:
         cdef list dirty = self._dirty
         cdef FanoutListener lst
         cdef Py_ssize_t i
+        cdef _Batch ob = self._open  # (a reference of our own: close() drops the fanout's)
         self._dirty = []
         self._scheduled_on = None
+        if ob is not None:
+            ob.close()
         for i in range(len(dirty)):
             lst = <FanoutListener>dirty[i]
             lst._dirty = False
@@ -227,7 +306,10 @@ cdef class FanoutListener(WSListener):
         self._release()
 
     cpdef pause_writing(self):
+        cdef object pending = self._pending
         self.paused = True
+        if pending is not None and type(pending) is not bytes:
+            (<_Batch>pending).close()  # a paused connection takes no more broadcast frames
 
     cpdef resume_writing(self):
         """The transport drained below its low-water mark: write the cork, then the queue,
@@ -258,8 +340,11 @@ cdef class FanoutListener(WSListener):
     # ---------------------------------------------------------------- C level
 
     cdef Py_ssize_t _corked_size(self) noexcept:
-        if self._pending is not None:
-            return PyBytes_GET_SIZE(self._pending)
+        cdef object p = self._pending
+        if p is not None:
+            if type(p) is bytes:
+                return PyBytes_GET_SIZE(p)
+            return (<_Batch>p).size
         return self._cork_len
 
     cdef int _put(self, bytes frame, int kind) except -1:
@@ -301,15 +386,49 @@ cdef class FanoutListener(WSListener):
         self.queued_bytes += n
         return 0
 
+    cdef int _put_batch(self, _Batch b, int kind) except -1:
+        """``_put`` of a new batch's (only) frame: the batch itself is corked, by
+        reference, if the cork is empty (after writing it if the frame would take it past
+        the cap); otherwise the batch is closed and its frame goes through ``_put``. A
+        closing listener takes nothing and leaves the batch open: it would take nothing
+        from the batch's later frames either."""
+        cdef bytes frame = b.first
+        cdef Py_ssize_t cap = self.fanout.cork_cap
+        cdef Py_ssize_t size
+        if self.closing:
+            return 0  # gets nothing, now or from the batch's later frames
+        if (self.transport is not None and not self.paused and self._queue is None
+                and PyBytes_GET_SIZE(frame) < cap):
+            size = self._corked_size()
+            if size and size + PyBytes_GET_SIZE(frame) > cap:
+                self._flush()
+                size = self._corked_size()
+            if size == 0 and not self.closing and not self.paused:
+                self._pending = b
+                if not self._dirty:
+                    self.fanout._mark(self)
+                return 0
+        b.close()
+        return self._put(frame, kind)
+
     cdef int _append(self, bytes frame) except -1:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
-        cdef Py_ssize_t need, alloc
+        cdef Py_ssize_t need, alloc, plen
+        cdef char* pdata
         cdef char* p
-        if self._pending is None and self._cork_len == 0:
+        cdef object pending = self._pending
+        if pending is None and self._cork_len == 0:
             self._pending = frame
             return 0
         need = self._corked_size() + n
         if self._cork is NULL:
+            if type(pending) is bytes:
+                pdata = PyBytes_AS_STRING(pending)
+                plen = PyBytes_GET_SIZE(pending)
+            else:  # a batch: this cork now diverges from the batch's other listeners
+                (<_Batch>pending).close()
+                pdata = _batch_data(<_Batch>pending)
+                plen = (<_Batch>pending).size
             alloc = _MIN_CORK_ALLOC
             while alloc < need:
                 alloc *= 2
@@ -318,8 +437,8 @@ cdef class FanoutListener(WSListener):
                 raise MemoryError()
             self._cork = p
             self._cork_alloc = alloc
-            memcpy(p, PyBytes_AS_STRING(self._pending), PyBytes_GET_SIZE(self._pending))
-            self._cork_len = PyBytes_GET_SIZE(self._pending)
+            memcpy(p, pdata, plen)
+            self._cork_len = plen
             self._pending = None
         elif need > self._cork_alloc:
             alloc = self._cork_alloc * 2
@@ -336,7 +455,7 @@ cdef class FanoutListener(WSListener):
 
     cdef int _flush(self) except -1:
         """Write what is corked in one write; nothing after a close frame or a disconnect."""
-        cdef bytes pending = self._pending
+        cdef object pending = self._pending
         cdef char* buf = self._cork
         cdef Py_ssize_t n = self._cork_len
         cdef WSTransport t = self.transport
@@ -344,6 +463,8 @@ cdef class FanoutListener(WSListener):
             return 0
         # take the data out first: the write may call back (pause_writing)
         self._pending = None
+        if pending is not None and type(pending) is not bytes:
+            (<_Batch>pending).close()  # written: nothing may be added to it any more
         self._cork = NULL
         self._cork_len = 0
         self._cork_alloc = 0
@@ -353,7 +474,10 @@ cdef class FanoutListener(WSListener):
             if t.underlying_transport.is_closing():
                 return 0  # closed under us (reset): its fd may be gone, the write must not happen
             if pending is not None:
-                t._fast_write(PyBytes_AS_STRING(pending), PyBytes_GET_SIZE(pending))
+                if type(pending) is bytes:
+                    t._fast_write(PyBytes_AS_STRING(pending), PyBytes_GET_SIZE(pending))
+                else:
+                    t._fast_write(_batch_data(<_Batch>pending), (<_Batch>pending).size)
             else:
                 t._fast_write(buf, n)
         except Exception:
@@ -370,6 +494,9 @@ cdef class FanoutListener(WSListener):
         return 0
 
     cdef void _release(self) noexcept:
+        cdef object pending = self._pending
+        if pending is not None and type(pending) is not bytes:
+            (<_Batch>pending).close()
         self._pending = None
         if self._cork is not NULL:
             free(self._cork)
@@ -463,10 +590,29 @@ cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gz
     cdef object d
     cdef list seq
     cdef object c, h
+    cdef FanoutListener lst
+    cdef _Batch b = None
+    cdef _Batch ob
+    cdef bint batching, b_ok = True, any_gz = False, any_dfl = False
     if type(conns) is list:
         seq = <list>conns
     else:
         seq = list(conns)
+    batching = PyList_GET_SIZE(seq) >= 2
+    if batching:
+        # the same list as the open batch's (a burst in one room): one append, no loop
+        c = <object>PyList_GET_ITEM(seq, 0)
+        h = _slot(c, _handle_off, "handle") if Py_TYPE(c) is _slot_type else getattr(c, "handle", None)
+        if isinstance(h, FanoutListener):
+            ob = (<FanoutListener>h).fanout._open
+            if (ob is not None and ob.open and not (big and ob.has_gzip) and not (dbig and ob.has_deflate)
+                    and _same_items(ob.targets, seq)):
+                frame = build_frame(_OP_TEXT, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), True, False)
+                if ob.size + PyBytes_GET_SIZE(frame) < ob.fanout.cork_cap:
+                    ob.append(frame)
+                    ob.fanout.batched += 1
+                    return ob.count
+                ob.close()  # full: its listeners write it as they take the new batch below
     for i in range(PyList_GET_SIZE(seq)):
         if i >= PyList_GET_SIZE(seq):  # shrunk by a fallback handle's send_*
             break
@@ -477,15 +623,20 @@ cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gz
             _learn(c)
             h = c.handle
         if h is None:
+            b_ok = False
             continue
         n += 1
         gz_wanted = False
-        if big:
+        if big or batching:
             if Py_TYPE(c) is _slot_type:
                 gz_wanted = _slot(c, _gzip_off, "gzip")
             else:
                 gz_wanted = c.gzip
+            if gz_wanted:
+                any_gz = True
+                gz_wanted = big
         if gz_wanted:
+            b_ok = False
             if gz is None:
                 gz = compress(payload)
                 if type(gz) is not bytes:
@@ -497,17 +648,45 @@ cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gz
             else:
                 h.send_binary(gz, kind)
         elif isinstance(h, FanoutListener):
-            if dbig and (<FanoutListener>h).deflate:
+            lst = <FanoutListener>h
+            if lst.deflate:
+                any_dfl = True
+            if dbig and lst.deflate:
+                b_ok = False
                 if dframe is None:
                     d = deflate(payload)
                     if type(d) is not bytes:
                         d = bytes(d)
                     dframe = build_frame(_OP_TEXT, PyBytes_AS_STRING(d), PyBytes_GET_SIZE(d), True, True)
-                (<FanoutListener>h)._put(dframe, kind)
+                lst._put(dframe, kind)
             else:
                 if frame is None:
                     frame = build_frame(_OP_TEXT, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), True, False)
-                (<FanoutListener>h)._put(frame, kind)
+                if not batching:
+                    lst._put(frame, kind)
+                    continue
+                if b is None:
+                    b = _Batch.__new__(_Batch)
+                    b.first = frame
+                    b.size = PyBytes_GET_SIZE(frame)
+                    b.open = True
+                    b.fanout = lst.fanout
+                if lst.fanout is b.fanout:
+                    lst._put_batch(b, kind)
+                else:
+                    b_ok = False
+                    lst._put(frame, kind)
         else:
+            b_ok = False
             h.send_text(payload, kind)
+    if b is not None and b_ok and b.open:
+        # every target corks exactly this batch: the next broadcast to this list may grow it
+        b.targets = list(seq)
+        b.count = n
+        b.has_gzip = any_gz
+        b.has_deflate = any_dfl
+        ob = b.fanout._open
+        if ob is not None:
+            ob.close()
+        b.fanout._open = b
     return n
