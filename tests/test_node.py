@@ -4,6 +4,7 @@ the in-process broker."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import orjson
 
@@ -170,6 +171,10 @@ def test_a_burst_of_sends_is_one_store_group_and_a_read_after_it_sees_them(tmp_p
         assert node.store.stats["groups"] - groups0 == 1
         replies = {e["id"]: e for e in a.events() if "id" in e}
         assert [replies[i]["seq"] for i in range(16)] == list(range(1, 17))
+        # message ids are UUIDv7, time-ordered: increasing with seq (index locality)
+        ids = [replies[i]["msg_id"] for i in range(16)]
+        assert all(len(x) == 32 and uuid.UUID(hex=x).version == 7 for x in ids)
+        assert ids == sorted(ids) and len(set(ids)) == 16
         assert [m["text"] for m in replies["h"]["messages"]] == [f"m{i}" for i in range(16)]
         assert [m["seq"] for m in b.events("message")] == list(range(1, 17))
         await node.store.close()

@@ -13,10 +13,10 @@ import asyncio
 import collections
 import logging
 import time
-import uuid
 from typing import Any, Awaitable, Callable, Protocol
 
 import orjson
+import uuid_utils
 
 from chathub import auth
 from chathub import speedups
@@ -49,6 +49,15 @@ from chathub.store.base import (
     CommitUnknown, Conflict, InvalidMessage, MessageStore, NewMessage, NotFound, RoomRecord, Sanction,
     StoredMessage, StoreUnavailable,
 )
+
+
+
+def new_msg_id() -> str:
+    """A new message id: a UUIDv7 (RFC 9562) as 32 hex digits. Time-ordered, so the
+    stores' ``msg_id`` index grows at its right edge (one page a group commit touches)
+    instead of at random places (uuid4: one page per message); 74 random bits keep ids
+    unguessable and unique."""
+    return uuid_utils.uuid7().hex
 
 log = logging.getLogger("chathub.node")
 
@@ -518,7 +527,7 @@ class Node:
         if cmd.op == "send":
             a = cmd.args
             new = self.hub.prepare_send(
-                conn, a["room"], a["text"], now_ms=self.wall_ms(), msg_id=uuid.uuid4().hex,
+                conn, a["room"], a["text"], now_ms=self.wall_ms(), msg_id=new_msg_id(),
                 client_msg_id=a["client_msg_id"], reply_to=a["reply_to"], cmd_id=cmd.id,
             )
             channels = [room_key(new.tenant_id, new.room)]
@@ -565,7 +574,7 @@ class Node:
         room = P.dm_room(claims.user_id, to)
         new = NewMessage(
             tenant_id=claims.tenant_id, room=room, sender=claims.user_id, text=cmd.args["text"],
-            ts=self.wall_ms(), msg_id=uuid.uuid4().hex, client_msg_id=cmd.args["client_msg_id"],
+            ts=self.wall_ms(), msg_id=new_msg_id(), client_msg_id=cmd.args["client_msg_id"],
         )
         channels = [_user_channel(claims.tenant_id, claims.user_id)]
         if to != claims.user_id:
