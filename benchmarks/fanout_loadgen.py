@@ -36,6 +36,7 @@ import collections
 import json
 import os
 import resource
+import socket
 import sys
 import time
 from array import array
@@ -183,6 +184,12 @@ class Client(WSListener):
             msg = b'42["pub",' + ev + b"]" if self.proto == "socketio" else ev
         self.t.send(TEXT, msg)  # type: ignore[union-attr]
 
+    def cork(self, on: bool) -> None:
+        """TCP_CORK the connection around a burst: its frames leave as one segment, as a
+        client that pipelines a burst writes it (not one segment per frame)."""
+        sock = self.t.underlying_transport.get_extra_info("socket")  # type: ignore[union-attr]
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1 if on else 0)
+
 
 def url_for(cfg: dict[str, Any], i: int, room: int) -> str:
     base = f"ws://{cfg['host']}:{cfg['port']}"
@@ -261,7 +268,8 @@ async def quiesce(max_s: float = 60.0, quiet_s: float = 0.5) -> float:
 
 async def publish_phase(pubs: list[Client], rate: float, seconds: float, phase: bytes, burst: int = 1) -> int:
     """Publish ``rate*seconds`` messages at a fixed rate, round-robin over the publishers;
-    with ``burst`` > 1, in bursts of that many back-to-back messages from one publisher."""
+    with ``burst`` > 1, in bursts of that many back-to-back messages from one publisher,
+    written as one TCP segment (corked)."""
     total = max(1, int(rate * seconds))
     start = time.monotonic()
     sent = 0
@@ -270,9 +278,13 @@ async def publish_phase(pubs: list[Client], rate: float, seconds: float, phase: 
     while sent < total:
         due = min(total, (int((time.monotonic() - start) * rate / burst) + 1) * burst)
         while sent < due:
+            if burst > 1 and sent % burst == 0:
+                pubs[k].cork(True)
             pubs[k].publish(phase)
             sent += 1
             if sent % burst == 0:
+                if burst > 1:
+                    pubs[k].cork(False)
                 k = k + 1 if k + 1 < npub else 0
         await asyncio.sleep(0.001)
     return sent
