@@ -286,6 +286,13 @@ def test_compiled_burst_appends_to_one_batch() -> None:
     body = b"".join(frame(1, b"m%d" % i) for i in range(16))
     assert peers[0].writes() == [body + frame(1, b"x") + frame(1, b"y")]
     assert peers[7].writes() == [body + frame(1, b"own") + frame(1, b"x") + frame(1, b"y")]
+    # a batch no listener holds is not kept open (nor the connections it lists)
+    loop.end_iteration()
+    for p in peers:
+        p.listener.release()
+    mod.broadcast(list(room), b"gone")
+    mod.broadcast(list(room), b"gone too")
+    assert fanout.batched == 16 and fanout.corked == 0
 
 
 def test_cork_is_written_when_it_reaches_the_cap(impl: Any) -> None:
@@ -695,7 +702,7 @@ def test_differential_long_scripts() -> None:
         assert a == b, seed
         wrote += sum(1 for events in a["events"] for e in events if e[0] == "write")
     assert wrote > 1000
-    assert batched > 100  # the scripts do grow the compiled module's broadcast batches
+    assert batched > 20  # the scripts do grow the compiled module's broadcast batches
 
 
 def test_twin_is_selected_by_speedups() -> None:

@@ -389,7 +389,7 @@ cdef class FanoutListener(WSListener):
     cdef int _put_batch(self, _Batch b, int kind) except -1:
         """``_put`` of a new batch's (only) frame: the batch itself is corked, by
         reference, if the cork is empty (after writing it if the frame would take it past
-        the cap); otherwise the batch is closed and its frame goes through ``_put``. A
+        the cap): 1; otherwise the batch is closed and its frame goes through ``_put``: 0. A
         closing listener takes nothing and leaves the batch open: it would take nothing
         from the batch's later frames either."""
         cdef bytes frame = b.first
@@ -407,9 +407,10 @@ cdef class FanoutListener(WSListener):
                 self._pending = b
                 if not self._dirty:
                     self.fanout._mark(self)
-                return 0
+                return 1
         b.close()
-        return self._put(frame, kind)
+        self._put(frame, kind)
+        return 0
 
     cdef int _append(self, bytes frame) except -1:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
@@ -594,6 +595,7 @@ cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gz
     cdef _Batch b = None
     cdef _Batch ob
     cdef bint batching, b_ok = True, any_gz = False, any_dfl = False
+    cdef Py_ssize_t took = 0
     if type(conns) is list:
         seq = <list>conns
     else:
@@ -672,14 +674,14 @@ cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gz
                     b.open = True
                     b.fanout = lst.fanout
                 if lst.fanout is b.fanout:
-                    lst._put_batch(b, kind)
+                    took += lst._put_batch(b, kind)
                 else:
                     b_ok = False
                     lst._put(frame, kind)
         else:
             b_ok = False
             h.send_text(payload, kind)
-    if b is not None and b_ok and b.open:
+    if b is not None and b_ok and b.open and took:
         # every target corks exactly this batch: the next broadcast to this list may grow it
         b.targets = list(seq)
         b.count = n
