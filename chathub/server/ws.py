@@ -143,7 +143,12 @@ class WsConnection(speedups.FanoutListener):
         elif mt is _CLOSE:
             self.flush()  # what is corked goes out before the close frame
             self.release()
-            transport.send_close(frame.get_close_code())
+            if frame.payload_size >= 2:
+                transport.send_close(frame.get_close_code())  # echo the code (RFC 6455 5.5.1)
+            else:
+                # no code: answer with none (picows' send_close would put its NO_INFO,
+                # 0, on the wire, which clients reject as a protocol error)
+                transport.send(_CLOSE, b"")
             transport.disconnect()
 
     def _inflate(self, data: bytes) -> bytes | None:
