@@ -266,6 +266,23 @@ def test_a_burst_to_one_room_is_one_write_per_connection_in_order(impl: Any) -> 
     assert writes == [b"".join(per[:19]), b"".join(per[19:])]  # 19 x 52 bytes: the next would pass 1000
 
 
+def test_a_burst_from_several_senders_skips_each_sender(impl: Any) -> None:
+    """A room's member list with the origin excluded (as the hub passes it): several
+    members sending in one iteration each miss only their own messages, in order, one
+    write each; the compiled module keeps one batch for the whole burst."""
+    loop, fanout, peers = make(impl, 4)
+    room = [p.conn for p in peers]
+    script = [(0, b"a1"), (1, b"b1"), (0, b"a2"), (None, b"sys"), (2, b"c1"), (1, b"b2")]
+    for who, body in script:
+        exclude = None if who is None else room[who]
+        assert impl.broadcast(room, body, exclude=exclude) == (4 if who is None else 3)
+    loop.end_iteration()
+    for i, p in enumerate(peers):
+        assert p.writes() == [b"".join(frame(1, body) for who, body in script if who != i)], i
+    if impl is not _fanout_py:
+        assert fanout.batched == len(script) - 1
+
+
 def test_compiled_burst_appends_to_one_batch() -> None:
     """The compiled module does the burst above without per-recipient work: after the
     first broadcast, each one to the same connections is one append to a shared batch."""
@@ -640,10 +657,14 @@ def run_script(mod: Any, seed: int, steps: int) -> dict[str, Any]:
         kind = rnd.choice([MESSAGE, EPHEMERAL])
         if op == "broadcast":
             targets = rnd.sample(conns, rnd.randint(0, len(conns)))
-            out.append(("n", mod.broadcast(targets, payload(), kind, 1024, compress, deflate)))
+            exclude = rnd.choice(targets) if targets and rnd.random() < 0.3 else None
+            out.append(("n", mod.broadcast(targets, payload(), kind, 1024, compress, deflate, exclude=exclude)))
         elif op == "room":
+            # a message from one member (excluded), from outside (None), or excluding a
+            # connection that is not in the list
             body = payload() if rnd.random() < 0.3 else b"m" * rnd.choice([0, 10, 125, 190, 300])
-            out.append(("n", mod.broadcast(list(room), body, kind, 1024, compress, deflate)))
+            exclude = rnd.choice([None, None, rnd.choice(conns)] + room[:3])
+            out.append(("n", mod.broadcast(list(room), body, kind, 1024, compress, deflate, exclude=exclude)))
         elif op == "regroup":
             room = new_room()
         elif op == "send_text":

@@ -59,6 +59,7 @@ cdef class FanoutListener(WSListener):
     cdef int _enqueue(self, bytes frame, int kind) except -1
     cdef int _append(self, bytes frame) except -1
     cdef int _put_batch(self, _Batch b, int kind) except -1
+    cdef int _depart(self, _Batch b) except -1
     cdef int _flush(self) except -1
     cdef void _release(self) noexcept
 
@@ -76,7 +77,9 @@ cdef class _Batch:
     cdef bint open
     cdef Fanout fanout
     cdef list targets            # copy of the connections list it was opened for
-    cdef Py_ssize_t count        # broadcast()'s answer for that list
+    cdef list departed           # its targets' listeners that do not hold it (the excluded
+                                 # origins): they get each further frame by _put
+    cdef Py_ssize_t count_all    # targets with a handle, excluded ones too
     cdef bint has_gzip           # a target asked for gzip
     cdef bint has_deflate        # a target negotiated permessage-deflate
 
@@ -85,7 +88,7 @@ cdef class _Batch:
 
 
 # Writes ``payload`` to every connection of ``conns`` (a list or tuple of objects with
-# ``handle`` and ``gzip``); returns how many had a handle. See ``broadcast``.
+# ``handle`` and ``gzip``) but ``exclude``; returns how many had a handle. See ``broadcast``.
 cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gzip_threshold,
                             object compress, object deflate=*,
-                            Py_ssize_t deflate_threshold=*) except -1
+                            Py_ssize_t deflate_threshold=*, object exclude=*) except -1

@@ -83,4 +83,5 @@ def broadcast(
     compress: Callable[[bytes], bytes] | None = None,
     deflate: Callable[[bytes], bytes] | None = None,
     deflate_threshold: int = ...,
+    exclude: Any = None,
 ) -> int: ...

@@ -128,6 +128,7 @@ cdef class _Batch:
         if self.open:
             self.open = False
             self.targets = None
+            self.departed = None
             # (last: the fanout's reference may be the last one; callers hold their own)
             if self.fanout is not None and self.fanout._open is self:
                 self.fanout._open = None
@@ -412,6 +413,26 @@ cdef class FanoutListener(WSListener):
         self._put(frame, kind)
         return 0
 
+    cdef int _depart(self, _Batch b) except -1:
+        """Leave ``b`` (held as the whole cork) without closing it: its frames so far are
+        copied into a cork of this listener's own, and ``b`` hands it each later frame
+        through ``_put`` (the listener is the origin of the frame being added, which it
+        must not get)."""
+        cdef Py_ssize_t alloc = _MIN_CORK_ALLOC
+        cdef char* p
+        while alloc < b.size:
+            alloc *= 2
+        p = <char*>malloc(alloc)
+        if p is NULL:
+            raise MemoryError()
+        memcpy(p, _batch_data(b), b.size)
+        self._cork = p
+        self._cork_alloc = alloc
+        self._cork_len = b.size
+        self._pending = None
+        b.departed.append(self)
+        return 0
+
     cdef int _append(self, bytes frame) except -1:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
         cdef Py_ssize_t need, alloc, plen
@@ -560,9 +581,10 @@ cdef inline object _slot(object c, Py_ssize_t off, str name):
 
 
 def broadcast(conns, bytes payload not None, int kind=MESSAGE, Py_ssize_t gzip_threshold=1024,
-              compress=None, deflate=None, Py_ssize_t deflate_threshold=DEFLATE_THRESHOLD):
+              compress=None, deflate=None, Py_ssize_t deflate_threshold=DEFLATE_THRESHOLD, exclude=None):
     """Write ``payload`` to every connection of ``conns`` (hub ``Conn``s, or anything with
-    ``handle`` and ``gzip``); return how many had a handle.
+    ``handle`` and ``gzip``) but ``exclude`` (an object of the list, compared by
+    identity: a room message's origin); return how many had a handle.
 
     The text frame is built once and the same bytes are corked for every recipient whose
     handle is a ``FanoutListener``. A payload longer than ``gzip_threshold`` goes to
@@ -573,14 +595,65 @@ def broadcast(conns, bytes payload not None, int kind=MESSAGE, Py_ssize_t gzip_t
     trailing 00 00 ff ff removed), also computed once and only if needed; gzip wins for a
     connection that asked for it. Other handles (tests' in-memory ones) get
     ``send_text(payload, kind)`` / ``send_binary(gz, kind)``.
+
+    Broadcasts to the same list (same objects, same order) in one loop iteration share
+    one batch (module docstring); ``exclude`` may differ from one to the next (several
+    senders in one room): an excluded connection that holds the batch leaves it with a
+    copy of its frames so far and gets the later ones one by one.
     """
-    return c_broadcast(conns, payload, kind, gzip_threshold, compress, deflate, deflate_threshold)
+    return c_broadcast(conns, payload, kind, gzip_threshold, compress, deflate, deflate_threshold, exclude)
+
+
+cdef inline object _handle_of(object c):
+    return _slot(c, _handle_off, "handle") if Py_TYPE(c) is _slot_type else getattr(c, "handle", None)
+
+
+cdef Py_ssize_t _extend(_Batch ob, list seq, bytes payload, int kind, object exclude) except -2:
+    """Add ``payload``'s frame to the open batch ``ob`` (opened for the same list as
+    ``seq``), for every target but ``exclude``; the broadcast's answer, or -1 if this
+    broadcast cannot extend it (the caller then closes it and corks one by one)."""
+    cdef FanoutListener ex = None
+    cdef FanoutListener d
+    cdef bint holder = False
+    cdef Py_ssize_t i, n
+    cdef list departed = ob.departed
+    cdef bytes frame
+    if exclude is not None:
+        hx = _handle_of(exclude)
+        if hx is None or not isinstance(hx, FanoutListener):
+            return -1
+        ex = <FanoutListener>hx
+        if ex._pending is ob:
+            holder = True
+        else:
+            for i in range(PyList_GET_SIZE(departed)):
+                if <object>PyList_GET_ITEM(departed, i) is ex:
+                    break
+            else:
+                return -1  # not a target, or closing, or holding a cork of its own
+        if len(departed) >= 64:
+            return -1  # many senders in one burst: the list would cost more than it saves
+    frame = build_frame(_OP_TEXT, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), True, False)
+    if ob.size + PyBytes_GET_SIZE(frame) >= ob.fanout.cork_cap:
+        return -1
+    n = PyList_GET_SIZE(departed)
+    for i in range(n):
+        d = <FanoutListener>PyList_GET_ITEM(departed, i)
+        if d is not ex:
+            d._put(frame, kind)
+        if not ob.open:  # a callback closed it (cannot happen today: departed never hold it)
+            return -1
+    if holder:
+        ex._depart(ob)
+    ob.append(frame)
+    ob.fanout.batched += 1
+    return ob.count_all - (ex is not None)
 
 
 cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gzip_threshold,
                             object compress, object deflate=None,
-                            Py_ssize_t deflate_threshold=DEFLATE_THRESHOLD) except -1:
-    cdef Py_ssize_t i, n = 0
+                            Py_ssize_t deflate_threshold=DEFLATE_THRESHOLD, object exclude=None) except -1:
+    cdef Py_ssize_t i, n = 0, r
     cdef bint big = compress is not None and PyBytes_GET_SIZE(payload) > gzip_threshold
     cdef bint dbig = deflate is not None and PyBytes_GET_SIZE(payload) > deflate_threshold
     cdef bint gz_wanted
@@ -592,10 +665,11 @@ cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gz
     cdef list seq
     cdef object c, h
     cdef FanoutListener lst
+    cdef FanoutListener ex_lst = None
     cdef _Batch b = None
     cdef _Batch ob
     cdef bint batching, b_ok = True, any_gz = False, any_dfl = False
-    cdef Py_ssize_t took = 0
+    cdef Py_ssize_t took = 0, ex_seen = 0, ex_handles = 0
     if type(conns) is list:
         seq = <list>conns
     else:
@@ -603,18 +677,15 @@ cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gz
     batching = PyList_GET_SIZE(seq) >= 2
     if batching:
         # the same list as the open batch's (a burst in one room): one append, no loop
-        c = <object>PyList_GET_ITEM(seq, 0)
-        h = _slot(c, _handle_off, "handle") if Py_TYPE(c) is _slot_type else getattr(c, "handle", None)
+        h = _handle_of(<object>PyList_GET_ITEM(seq, 0))
         if isinstance(h, FanoutListener):
             ob = (<FanoutListener>h).fanout._open
             if (ob is not None and ob.open and not (big and ob.has_gzip) and not (dbig and ob.has_deflate)
                     and _same_items(ob.targets, seq)):
-                frame = build_frame(_OP_TEXT, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), True, False)
-                if ob.size + PyBytes_GET_SIZE(frame) < ob.fanout.cork_cap:
-                    ob.append(frame)
-                    ob.fanout.batched += 1
-                    return ob.count
-                ob.close()  # full: its listeners write it as they take the new batch below
+                r = _extend(ob, seq, payload, kind, exclude)
+                if r >= 0:
+                    return r
+                ob.close()  # full or diverged: its listeners write it as they take the new batch below
     for i in range(PyList_GET_SIZE(seq)):
         if i >= PyList_GET_SIZE(seq):  # shrunk by a fallback handle's send_*
             break
@@ -624,6 +695,21 @@ cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gz
         else:
             _learn(c)
             h = c.handle
+        if c is exclude:
+            ex_seen += 1
+            if h is not None:
+                ex_handles += 1
+                if isinstance(h, FanoutListener):
+                    # it gets the batch's later frames one by one: what it would get
+                    # decides, as for the others, which frames the batch may take
+                    ex_lst = <FanoutListener>h
+                    if ex_lst.deflate:
+                        any_dfl = True
+                    if (_slot(c, _gzip_off, "gzip") if Py_TYPE(c) is _slot_type else c.gzip):
+                        any_gz = True
+                else:
+                    b_ok = False
+            continue
         if h is None:
             b_ok = False
             continue
@@ -681,10 +767,12 @@ cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gz
         else:
             b_ok = False
             h.send_text(payload, kind)
-    if b is not None and b_ok and b.open and took:
-        # every target corks exactly this batch: the next broadcast to this list may grow it
+    if b is not None and b_ok and b.open and took and ex_seen <= 1:
+        # every target but the excluded one corks exactly this batch: the next broadcast
+        # to this list may grow it
         b.targets = list(seq)
-        b.count = n
+        b.departed = [] if ex_lst is None else [ex_lst]
+        b.count_all = n + ex_handles
         b.has_gzip = any_gz
         b.has_deflate = any_dfl
         ob = b.fanout._open

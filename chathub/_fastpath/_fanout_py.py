@@ -295,9 +295,10 @@ def _check_bytes(value: Any, name: str) -> bytes:
 def broadcast(conns: Iterable[Any], payload: bytes, kind: int = MESSAGE, gzip_threshold: int = 1024,
               compress: Callable[[bytes], bytes] | None = None,
               deflate: Callable[[bytes], bytes] | None = None,
-              deflate_threshold: int = DEFLATE_THRESHOLD) -> int:
+              deflate_threshold: int = DEFLATE_THRESHOLD, exclude: Any = None) -> int:
     """Write ``payload`` to every connection of ``conns`` (hub ``Conn``s, or anything with
-    ``handle`` and ``gzip``); return how many had a handle. See the Cython module."""
+    ``handle`` and ``gzip``) but ``exclude`` (an object of the list, compared by
+    identity); return how many had a handle. See the Cython module."""
     _check_bytes(payload, "payload")
     big = compress is not None and len(payload) > gzip_threshold
     dbig = deflate is not None and len(payload) > deflate_threshold
@@ -311,6 +312,8 @@ def broadcast(conns: Iterable[Any], payload: bytes, kind: int = MESSAGE, gzip_th
         if i >= len(seq):  # shrunk by a fallback handle's send_*
             break
         c = seq[i]
+        if c is exclude:
+            continue
         h = c.handle
         if h is None:
             continue

@@ -250,7 +250,7 @@ class Node:
         try:
             for e in effects:
                 if type(e) is Broadcast:
-                    delivered += broadcast(e.conns, e.payload, e.kind, GZIP_THRESHOLD, gz, dfl)
+                    delivered += broadcast(e.conns, e.payload, e.kind, GZIP_THRESHOLD, gz, dfl, exclude=e.exclude)
                 elif type(e) is Send:
                     delivered += broadcast((e.conn,), e.payload, e.kind, GZIP_THRESHOLD, gz, dfl)
                 elif type(e) is Close:

@@ -31,7 +31,7 @@ def targets(effects, kind=None):
     out = []
     for e in effects:
         if isinstance(e, Broadcast) and (kind is None or e.kind == kind):
-            out.extend(c.id for c in e.conns)
+            out.extend(c.id for c in e.targets())
     return out
 
 
@@ -70,6 +70,34 @@ def test_deliver_excludes_only_the_origin_connection():
     eff = hub.deliver(room_key(0, "r"), a.id, 1, Hub.encode_message(msg("r", 1)))
     assert sorted(targets(eff, MESSAGE)) == sorted([a2.id, b.id])
     assert hub.rooms[room_key(0, "r")].last_seq == 1
+
+
+def test_deliver_passes_the_rooms_member_list_until_membership_changes():
+    """Messages of one room reach the fan-out as the same list object (its burst
+    detection) with the origin excluded; a join or leave makes a new list, and a list
+    handed out earlier is never changed."""
+    hub = Hub()
+    a, b, c = connect(hub, 1), connect(hub, 2), connect(hub, 3)
+    hub.join(a, "r", replay=False)
+    hub.join(b, "r", replay=False)
+    key = room_key(0, "r")
+    (e1,) = hub.deliver(key, a.id, 1, b"{}")
+    (e2,) = hub.deliver(key, b.id, 2, b"{}")
+    (e3,) = hub.deliver(key, "elsewhere", 3, b"{}")
+    assert e1.conns is e2.conns is e3.conns and [x.id for x in e1.conns] == [a.id, b.id]
+    assert (e1.exclude, e2.exclude, e3.exclude) == (a, b, None)
+    assert [x.id for x in e1.targets()] == [b.id] and [x.id for x in e3.targets()] == [a.id, b.id]
+    before = e1.conns
+    hub.join(c, "r", replay=False)
+    (e4,) = hub.deliver(key, a.id, 4, b"{}")
+    assert e4.conns is not before and [x.id for x in before] == [a.id, b.id]
+    assert sorted(x.id for x in e4.targets()) == sorted([b.id, c.id])
+    hub.disconnect(b)
+    (e5,) = hub.deliver(key, a.id, 5, b"{}")
+    assert e5.conns is not e4.conns and [x.id for x in e5.targets()] == [c.id]
+    assert len(e4.conns) == 3
+    hub.disconnect(c)
+    assert hub.deliver(key, a.id, 6, b"{}") == []  # only the origin is left
 
 
 def test_tenants_are_apart():
@@ -251,9 +279,9 @@ def test_large_room_membership_events_cost_linear_frames():
     for u in range(n):
         c = connect(hub, u)
         _, eff = hub.join(c, "huge", replay=False)
-        frames += sum(len(e.conns) for e in eff if isinstance(e, Broadcast))
+        frames += sum(len(e.targets()) for e in eff if isinstance(e, Broadcast))
     eff = hub.tick(1.0)
-    frames += sum(len(e.conns) for e in eff if isinstance(e, Broadcast))
+    frames += sum(len(e.targets()) for e in eff if isinstance(e, Broadcast))
     # the first 50 joins are announced one by one (at most 50*50/2 frames), then one batch
     assert frames <= 50 * 50 // 2 + n
     batch = orjson.loads(eff[-1].payload)

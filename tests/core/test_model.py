@@ -143,7 +143,7 @@ class HubModel(RuleBasedStateMachine):
         """Run the hub's effects as the node would; check who each event goes to."""
         for e in effects:
             if isinstance(e, (Send, Broadcast)):
-                targets = [e.conn] if isinstance(e, Send) else e.conns
+                targets = [e.conn] if isinstance(e, Send) else e.targets()
                 assert len({c.id for c in targets}) == len(targets), "a broadcast lists a connection twice"
                 ev = orjson.loads(e.payload)
                 if ev.get("ev") in ("typing", "joined", "left", "presence", "presence_batch", "receipt"):
@@ -533,7 +533,7 @@ def late_publication_after_replay(hub: Hub) -> list[Any]:
     # the replay sent message 1 to b straight from the store, then:
     hub.finish_replay(b, key, 1)
     return [e for e in hub.deliver(key, a.id, 1, payload)
-            if (isinstance(e, Broadcast) and b in e.conns) or (isinstance(e, Send) and e.conn is b)]
+            if (isinstance(e, Broadcast) and b in e.targets()) or (isinstance(e, Send) and e.conn is b)]
 
 
 class HubModelTwoPhase(HubModel):
