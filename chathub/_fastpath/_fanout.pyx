@@ -17,7 +17,11 @@ bytes written to every connection, in the same writes, and the same closes.
   same iteration to the very same list (same connection objects, same order: compared
   with one ``memcmp`` of the list's item pointers), as the hub sends for a burst of
   messages in one room, appends its frame to the batch once, with no per-recipient work
-  at all; every listener still writes its whole cork in one write. A batch takes no more
+  at all; every listener still writes its whole cork in one write. The hub passes a
+  room message as the room's member list plus ``exclude`` (its origin); when the
+  excluded connection holds the batch it leaves it with a copy of the frames so far,
+  and listeners that left (or were excluded when it opened) get each later frame one by
+  one, so a burst from several senders still shares one batch. A batch takes no more
   frames once any of its listeners writes, pauses, closes or gets a frame of its own, or
   a frame would take it to ``cork_cap``; the writes on the wire are exactly those of
   corking each frame in each listener (the twin does that). The
