@@ -52,7 +52,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject, PyTypeObject
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport free, realloc
 from libc.string cimport memcmp, memcpy
 
 from picows.picows cimport MemoryBuffer, WSCloseCode, WSListener, WSTransport
@@ -113,6 +113,24 @@ cdef inline bint _same_items(list a, list b) noexcept:
     return memcmp((<PyListObject*>a).ob_item, (<PyListObject*>b).ob_item, n * sizeof(PyObject*)) == 0
 
 
+cdef char* _reserve(char* buf, Py_ssize_t* alloc, Py_ssize_t need) except NULL:
+    """``buf`` (malloc'd, ``alloc[0]`` bytes; or NULL) with room for ``need`` bytes: the
+    size starts at ``_MIN_CORK_ALLOC`` and doubles; ``alloc[0]`` is updated. On failure
+    ``buf`` is left as it was."""
+    cdef Py_ssize_t a
+    cdef char* p
+    if buf is not NULL and need <= alloc[0]:
+        return buf
+    a = alloc[0] * 2 if buf is not NULL else _MIN_CORK_ALLOC
+    while a < need:
+        a *= 2
+    p = <char*>realloc(buf, a)  # realloc(NULL, a): malloc
+    if p is NULL:
+        raise MemoryError()
+    alloc[0] = a
+    return p
+
+
 cdef inline char* _batch_data(_Batch b) noexcept:
     return b.buf if b.buf is not NULL else PyBytes_AS_STRING(b.first)
 
@@ -140,28 +158,14 @@ cdef class _Batch:
     cdef int append(self, bytes frame) except -1:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
         cdef Py_ssize_t need = self.size + n
-        cdef Py_ssize_t alloc
         cdef char* p
         if self.buf is NULL:
-            alloc = _MIN_CORK_ALLOC
-            while alloc < need:
-                alloc *= 2
-            p = <char*>malloc(alloc)
-            if p is NULL:
-                raise MemoryError()
+            p = _reserve(NULL, &self.alloc, need)
             memcpy(p, PyBytes_AS_STRING(self.first), self.size)
             self.buf = p
-            self.alloc = alloc
             self.first = None
-        elif need > self.alloc:
-            alloc = self.alloc * 2
-            while alloc < need:
-                alloc *= 2
-            p = <char*>realloc(self.buf, alloc)
-            if p is NULL:
-                raise MemoryError()
-            self.buf = p
-            self.alloc = alloc
+        else:
+            self.buf = _reserve(self.buf, &self.alloc, need)
         memcpy(self.buf + self.size, PyBytes_AS_STRING(frame), n)
         self.size = need
         return 0
@@ -422,16 +426,9 @@ cdef class FanoutListener(WSListener):
         copied into a cork of this listener's own, and ``b`` hands it each later frame
         through ``_put`` (the listener is the origin of the frame being added, which it
         must not get)."""
-        cdef Py_ssize_t alloc = _MIN_CORK_ALLOC
-        cdef char* p
-        while alloc < b.size:
-            alloc *= 2
-        p = <char*>malloc(alloc)
-        if p is NULL:
-            raise MemoryError()
+        cdef char* p = _reserve(NULL, &self._cork_alloc, b.size)
         memcpy(p, _batch_data(b), b.size)
         self._cork = p
-        self._cork_alloc = alloc
         self._cork_len = b.size
         self._pending = None
         b.departed.append(self)
@@ -439,7 +436,7 @@ cdef class FanoutListener(WSListener):
 
     cdef int _append(self, bytes frame) except -1:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
-        cdef Py_ssize_t need, alloc, plen
+        cdef Py_ssize_t need, plen
         cdef char* pdata
         cdef char* p
         cdef object pending = self._pending
@@ -455,26 +452,13 @@ cdef class FanoutListener(WSListener):
                 (<_Batch>pending).close()
                 pdata = _batch_data(<_Batch>pending)
                 plen = (<_Batch>pending).size
-            alloc = _MIN_CORK_ALLOC
-            while alloc < need:
-                alloc *= 2
-            p = <char*>malloc(alloc)
-            if p is NULL:
-                raise MemoryError()
-            self._cork = p
-            self._cork_alloc = alloc
+            p = _reserve(NULL, &self._cork_alloc, need)
             memcpy(p, pdata, plen)
+            self._cork = p
             self._cork_len = plen
             self._pending = None
-        elif need > self._cork_alloc:
-            alloc = self._cork_alloc * 2
-            while alloc < need:
-                alloc *= 2
-            p = <char*>realloc(self._cork, alloc)
-            if p is NULL:
-                raise MemoryError()
-            self._cork = p
-            self._cork_alloc = alloc
+        else:
+            self._cork = _reserve(self._cork, &self._cork_alloc, need)
         memcpy(self._cork + self._cork_len, PyBytes_AS_STRING(frame), n)
         self._cork_len += n
         return 0

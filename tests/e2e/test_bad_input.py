@@ -6,9 +6,8 @@ import asyncio
 import socket
 
 import pytest
-import websockets
 
-from tests.helpers.client import STEP, Client, run
+from tests.helpers.client import STEP, Client, raw_upgrade, read_frame, run
 
 
 async def assert_alive(server, bystander: Client) -> None:
@@ -75,13 +74,7 @@ def test_invalid_utf8_text_frame(server):
 
     async def go():
         bystander = await Client.connect(server.url(2))
-        r, w = await asyncio.open_connection("127.0.0.1", server.port)
-        w.write(
-            f"GET /ws?token={server.token(5)} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), STEP)
-        assert head.startswith(b"HTTP/1.1 101")
+        r, w = await raw_upgrade(server.port, server.token(5))
         payload = b'{"op":"ping","x":"\xff"}'
         mask = b"\x01\x02\x03\x04"
         w.write(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
@@ -205,42 +198,19 @@ def test_dev_mode_hands_out_tokens(server_factory):
     run(go())
 
 
-async def _raw_ws(server, user_id: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    r, w = await asyncio.open_connection("127.0.0.1", server.port)
-    w.write(
-        f"GET /ws?token={server.token(user_id)} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), STEP)
-    assert head.startswith(b"HTTP/1.1 101")
-    return r, w
-
-
-async def _server_close_payload(r: asyncio.StreamReader) -> bytes:
-    """Read the server's frames up to its close frame; return that frame's payload."""
-    while True:
-        b0, b1 = await asyncio.wait_for(r.readexactly(2), STEP)
-        n = b1 & 0x7F
-        if n == 126:
-            n = int.from_bytes(await r.readexactly(2), "big")
-        elif n == 127:
-            n = int.from_bytes(await r.readexactly(8), "big")
-        payload = await r.readexactly(n)
-        if b0 & 0x0F == 0x8:
-            return payload
-
-
 @pytest.mark.parametrize("client_close", [b"", (1000).to_bytes(2, "big") + b"bye", (4000).to_bytes(2, "big")])
 def test_close_handshake_answer_is_a_valid_close_frame(server, client_close):
     """A client's close frame gets a close frame back that any client accepts: the same
     code, or no code when the client sent none (never code 0, 1005 or 1006 on the wire)."""
 
     async def go():
-        r, w = await _raw_ws(server, 7)
+        r, w = await raw_upgrade(server.port, server.token(7))
         mask = b"\x01\x02\x03\x04"
         w.write(bytes([0x88, 0x80 | len(client_close)]) + mask
                 + bytes(b ^ mask[i % 4] for i, b in enumerate(client_close)))
-        payload = await _server_close_payload(r)
+        op, payload = await read_frame(r)
+        while op != 0x8:  # the events before it (ready)
+            op, payload = await read_frame(r)
         if client_close:
             assert payload[:2] == client_close[:2]
         else:

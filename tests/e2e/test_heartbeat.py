@@ -5,28 +5,7 @@ from __future__ import annotations
 import asyncio
 import struct
 
-from tests.helpers.client import STEP, Client, run
-
-
-async def raw_upgrade(port: int, token: str):
-    r, w = await asyncio.open_connection("127.0.0.1", port)
-    w.write(
-        f"GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), STEP)
-    assert head.startswith(b"HTTP/1.1 101")
-    return r, w
-
-
-async def read_frame(r: asyncio.StreamReader) -> tuple[int, bytes]:
-    b0, b1 = await asyncio.wait_for(r.readexactly(2), STEP)
-    n = b1 & 0x7F
-    if n == 126:
-        n = struct.unpack("!H", await r.readexactly(2))[0]
-    elif n == 127:
-        n = struct.unpack("!Q", await r.readexactly(8))[0]
-    return b0 & 0x0F, await r.readexactly(n)
+from tests.helpers.client import Client, raw_upgrade, read_frame, run
 
 
 def test_silent_client_is_pinged_then_closed_1001(server_factory):

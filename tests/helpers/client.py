@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 from typing import Any, Awaitable, TypeVar
 
 import websockets
@@ -101,3 +102,29 @@ class Client:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+# ------------------------------------------------------------------ raw frames
+
+
+async def raw_upgrade(port: int, token: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket upgrade written by hand (for frames no library would send)."""
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(
+        f"GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), STEP)
+    assert head.startswith(b"HTTP/1.1 101")
+    return r, w
+
+
+async def read_frame(r: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One unmasked server frame: (opcode, payload)."""
+    b0, b1 = await asyncio.wait_for(r.readexactly(2), STEP)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", await r.readexactly(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", await r.readexactly(8))[0]
+    return b0 & 0x0F, await r.readexactly(n)
