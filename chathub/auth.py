@@ -53,7 +53,7 @@ def verify_token(token: str, cfg: HubConfig, now: float | None = None) -> Claims
             token,
             _verification_key(cfg),
             algorithms=[cfg.jwt_algorithm],
-            options=options,
+            options=options,  # type: ignore[arg-type]  # pyjwt's Options TypedDict
             leeway=0,
         )
     except jwt.ExpiredSignatureError:

@@ -612,7 +612,7 @@ class Hub:
         if r is None:
             return []
         action = ctl["action"]
-        uid = ctl.get("user_id")
+        uid: int = ctl.get("user_id")  # type: ignore[assignment]  # every action but delete_room has one
         meta = r.meta
         effects: list[Effect] = []
         if action == "ban":

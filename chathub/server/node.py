@@ -1,9 +1,9 @@
 """The node: composition root of one hub process.
 
-It owns the sans-I/O ``Hub``, a ``MessageStore`` and a ``Broker``, runs each command's
-recipe (validate in the hub → store → publish → fan out), executes the hub's effects on
-connection handles, and runs the timers (auth timeout, heartbeat, idle timeout, typing
-lapse, retention). It knows nothing of picows: a connection handle is any object with
+It owns the sans-I/O ``Hub``, a ``Store`` (messages, rooms, admin) and a ``Broker``,
+runs each command's recipe (validate in the hub → store → publish → fan out), executes
+the hub's effects on connection handles, and runs the timers (auth timeout, heartbeat,
+idle timeout, typing lapse, retention). It knows nothing of picows: a connection handle is any object with
 the ``ConnHandle`` methods, so tests drive a node with in-memory handles.
 """
 
@@ -46,7 +46,7 @@ from chathub.core.hub import (
 )
 from chathub.core.protocol import Command, ProtocolError
 from chathub.store.base import (
-    CommitUnknown, Conflict, InvalidMessage, MessageStore, NewMessage, NotFound, RoomRecord, Sanction,
+    CommitUnknown, Conflict, InvalidMessage, NewMessage, NotFound, RoomRecord, Sanction, Store,
     StoredMessage, StoreUnavailable,
 )
 
@@ -104,7 +104,7 @@ class Node:
     def __init__(
         self,
         cfg: HubConfig,
-        store: MessageStore,
+        store: Store,
         broker: Broker,
         *,
         clock: Callable[[], float] = time.monotonic,

@@ -20,6 +20,7 @@ from .base import (
     RoomRecord,
     RoomStore,
     Sanction,
+    Store,
     StoreAdmin,
     StoredMessage,
     StoreError,
@@ -36,7 +37,7 @@ SQLITE_FILENAME = "chathub.sqlite3"
 __all__ = [
     "AppendResult", "AuditEntry", "CommitUnknown", "Conflict", "HistoryPage", "InvalidMessage",
     "MessageStore", "NewMessage", "NotFound", "Replay", "RoomRecord", "RoomStore", "Sanction",
-    "StoreAdmin", "StoredMessage", "StoreError", "StoreUnavailable", "SqliteMessageStore",
+    "Store", "StoreAdmin", "StoredMessage", "StoreError", "StoreUnavailable", "SqliteMessageStore",
     "PostgresMessageStore", "open_store", "migrate", "SQLITE_FILENAME",
 ]
 

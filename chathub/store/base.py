@@ -271,3 +271,8 @@ class StoreAdmin(Protocol):
 
     async def get_audit(self, tenant_id: int, room: str, limit: int = 100) -> list[AuditEntry]:
         """The room's latest audit entries, oldest first."""
+
+
+@runtime_checkable
+class Store(MessageStore, RoomStore, StoreAdmin, Protocol):
+    """All three: what a hub node needs of its store (both implementations are one)."""

@@ -314,6 +314,7 @@ class PostgresMessageStore:
         conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout)
         try:
             try:
+                assert self.schema is not None  # only called with a schema
                 await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote_ident(self.schema)}", timeout=30)
             except (pgx.UniqueViolationError, pgx.DuplicateSchemaError):
                 pass  # created concurrently by another process
@@ -340,9 +341,9 @@ class PostgresMessageStore:
                 if not fut.done():
                     fut.set_exception(StoreUnavailable("store is closed"))
             lane.pending.clear()
-        for t in [self._recover_task, *self._bg]:
-            if t is not None and not t.done():
-                t.cancel()
+        for bg in [self._recover_task, *self._bg]:
+            if bg is not None and not bg.done():
+                bg.cancel()
         pool, self._pool = self._pool, None
         if self._up is not None:
             self._up.clear()
@@ -653,6 +654,7 @@ class PostgresMessageStore:
 
             if per_room:
                 rt, rr, rn = [], [], []
+                mb: list[Any]
                 mt, mr, mb, mid, ms, mx, mts, mcid, mrt = [], [], [], [], [], [], [], [], []
                 total = 0
                 for (t, r), idxs in per_room.items():

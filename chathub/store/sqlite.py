@@ -824,7 +824,7 @@ class SqliteMessageStore:
                     (cutoff,),
                 ).fetchall()
             )
-        return sorted(tuple(x) for x in found)
+        return sorted((int(x[0]), str(x[1])) for x in found)
 
     @staticmethod
     def _t_retain_room(db, t, r, cutoff, keep) -> int:
