@@ -292,24 +292,31 @@ def test_compiled_burst_appends_to_one_batch() -> None:
     for i in range(16):
         assert mod.broadcast(list(room), b"m%d" % i) == 50
     assert fanout.batched == 15
-    peers[7].listener.send_text(b"own")  # diverges: its cork is its own from now on, so
-    mod.broadcast(list(room), b"x")       # the rest of this iteration's broadcasts to the
-    mod.broadcast(list(room), b"y")       # room are corked one by one (no batch)
-    assert fanout.batched == 15
+    peers[7].listener.send_text(b"own")  # diverges: it leaves the batch with a copy and
+    mod.broadcast(list(room), b"x")       # gets the later frames one by one; the others
+    mod.broadcast(list(room), b"y")       # still share the batch
+    assert fanout.batched == 17
+    peers[3].listener.pause_writing()  # paused: leaves too, and queues what comes next
+    mod.broadcast(list(room), b"z")
+    assert fanout.batched == 18 and peers[3].listener.queued_frames == 1
     loop.end_iteration()
     mod.broadcast(list(room), b"next")  # a new iteration: a new batch
     mod.broadcast(list(room), b"again")
-    assert fanout.batched == 16
+    assert fanout.batched == 19
     body = b"".join(frame(1, b"m%d" % i) for i in range(16))
-    assert peers[0].writes() == [body + frame(1, b"x") + frame(1, b"y")]
-    assert peers[7].writes() == [body + frame(1, b"own") + frame(1, b"x") + frame(1, b"y")]
+    xyz = frame(1, b"x") + frame(1, b"y") + frame(1, b"z")
+    assert peers[0].writes() == [body + xyz]
+    assert peers[7].writes() == [body + frame(1, b"own") + xyz]
+    assert peers[3].writes() == [body + frame(1, b"x") + frame(1, b"y")]  # the cork; z waits
+    peers[3].listener.resume_writing()  # (still paused through the next iteration)
+    assert peers[3].writes()[1:] == [frame(1, b"z") + frame(1, b"next") + frame(1, b"again")]
     # a batch no listener holds is not kept open (nor the connections it lists)
     loop.end_iteration()
     for p in peers:
         p.listener.release()
     mod.broadcast(list(room), b"gone")
     mod.broadcast(list(room), b"gone too")
-    assert fanout.batched == 16 and fanout.corked == 0
+    assert fanout.batched == 19 and fanout.corked == 0
 
 
 def test_cork_is_written_when_it_reaches_the_cap(impl: Any) -> None:

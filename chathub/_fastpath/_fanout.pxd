@@ -59,7 +59,7 @@ cdef class FanoutListener(WSListener):
     cdef int _enqueue(self, bytes frame, int kind) except -1
     cdef int _append(self, bytes frame) except -1
     cdef int _put_batch(self, _Batch b, int kind) except -1
-    cdef int _depart(self, _Batch b) except -1
+    cdef int _leave(self, _Batch b, bint copy) except -1
     cdef int _flush(self) except -1
     cdef void _release(self) noexcept
 
@@ -77,8 +77,8 @@ cdef class _Batch:
     cdef bint open
     cdef Fanout fanout
     cdef list targets            # copy of the connections list it was opened for
-    cdef list departed           # its targets' listeners that do not hold it (the excluded
-                                 # origins): they get each further frame by _put
+    cdef list departed           # its targets' listeners that do not hold it (excluded
+                                 # origins, diverged corks): each further frame by _put
     cdef Py_ssize_t count_all    # targets with a handle, excluded ones too
     cdef bint has_gzip           # a target asked for gzip
     cdef bint has_deflate        # a target negotiated permessage-deflate

@@ -19,12 +19,14 @@ bytes written to every connection, in the same writes, and the same closes.
   messages in one room, appends its frame to the batch once, with no per-recipient work
   at all; every listener still writes its whole cork in one write. The hub passes a
   room message as the room's member list plus ``exclude`` (its origin); when the
-  excluded connection holds the batch it leaves it with a copy of the frames so far,
-  and listeners that left (or were excluded when it opened) get each later frame one by
-  one, so a burst from several senders still shares one batch. A batch takes no more
-  frames once any of its listeners writes, pauses, closes or gets a frame of its own, or
-  a frame would take it to ``cork_cap``; the writes on the wire are exactly those of
-  corking each frame in each listener (the twin does that). The
+  excluded connection holds the batch it leaves it with a copy of the frames so far.
+  So does a listener whose bytes diverge otherwise: a frame of its own, a pause, a write
+  before the end of the iteration; one that already had something corked joins that
+  way. Listeners that left (or were excluded when it opened) get each later frame one by
+  one, so the others keep sharing one batch; past ``_MAX_DEPARTED`` of them, or when a
+  frame would take it to ``cork_cap``, the batch takes no more frames. The writes on
+  the wire are exactly those of corking each frame in each listener (the twin does
+  that). The
   ``Fanout`` flushes every corked listener once at the end of the iteration (one
   ``loop.call_soon`` per iteration), or a listener at once when its cork reaches
   ``cork_cap`` bytes. One write (``WSTransport._fast_write``: usually one ``send()``
@@ -74,6 +76,7 @@ CLOSE_TRY_AGAIN = 1013
 SLOW_CONSUMER = "slow consumer: send queue overflowed; reconnect with since_seq"
 
 cdef enum:
+    _MAX_DEPARTED = 64  # listeners a batch hands frames one by one; beyond, it closes
     _OP_TEXT = 0x1
     _OP_BINARY = 0x2
     _MIN_CORK_ALLOC = 4096
@@ -318,7 +321,8 @@ cdef class FanoutListener(WSListener):
         cdef object pending = self._pending
         self.paused = True
         if pending is not None and type(pending) is not bytes:
-            (<_Batch>pending).close()  # a paused connection takes no more broadcast frames
+            # a paused connection queues what comes next: it leaves the batch
+            self._leave(<_Batch>pending, True)
 
     cpdef resume_writing(self):
         """The transport drained below its low-water mark: write the cork, then the queue,
@@ -398,9 +402,9 @@ cdef class FanoutListener(WSListener):
     cdef int _put_batch(self, _Batch b, int kind) except -1:
         """``_put`` of a new batch's (only) frame: the batch itself is corked, by
         reference, if the cork is empty (after writing it if the frame would take it past
-        the cap): 1; otherwise the batch is closed and its frame goes through ``_put``: 0. A
-        closing listener takes nothing and leaves the batch open: it would take nothing
-        from the batch's later frames either."""
+        the cap): 1; otherwise its frame goes through ``_put`` and the listener joins the
+        batch's departed ones (later frames one by one): 0. A closing listener takes
+        nothing: it would take nothing from the batch's later frames either."""
         cdef bytes frame = b.first
         cdef Py_ssize_t cap = self.fanout.cork_cap
         cdef Py_ssize_t size
@@ -417,19 +421,32 @@ cdef class FanoutListener(WSListener):
                 if not self._dirty:
                     self.fanout._mark(self)
                 return 1
-        b.close()
+        # something of its own is corked or queued: the frame goes in as any other, and
+        # the batch hands it its later frames one by one
         self._put(frame, kind)
+        if not self.closing:
+            if b.open and PyList_GET_SIZE(b.departed) < _MAX_DEPARTED:
+                b.departed.append(self)
+            else:
+                b.close()
         return 0
 
-    cdef int _depart(self, _Batch b) except -1:
-        """Leave ``b`` (held as the whole cork) without closing it: its frames so far are
-        copied into a cork of this listener's own, and ``b`` hands it each later frame
-        through ``_put`` (the listener is the origin of the frame being added, which it
-        must not get)."""
-        cdef char* p = _reserve(NULL, &self._cork_alloc, b.size)
-        memcpy(p, _batch_data(b), b.size)
-        self._cork = p
-        self._cork_len = b.size
+    cdef int _leave(self, _Batch b, bint copy) except -1:
+        """Stop holding ``b`` (the whole cork) because this connection's bytes diverge
+        from the other holders' (it is the origin of the frame being added, gets a frame
+        of its own, pauses, or was written): with ``copy``, the batch's frames so far
+        become a cork of its own; ``b`` then hands it each later frame through ``_put``.
+        When ``b`` already hands out ``_MAX_DEPARTED`` it is closed instead (and, with
+        ``copy``, stays this listener's cork as it is)."""
+        cdef char* p
+        if not b.open or PyList_GET_SIZE(b.departed) >= _MAX_DEPARTED:
+            b.close()
+            return 0
+        if copy:
+            p = _reserve(NULL, &self._cork_alloc, b.size)
+            memcpy(p, _batch_data(b), b.size)
+            self._cork = p
+            self._cork_len = b.size
         self._pending = None
         b.departed.append(self)
         return 0
@@ -443,13 +460,16 @@ cdef class FanoutListener(WSListener):
         if pending is None and self._cork_len == 0:
             self._pending = frame
             return 0
+        if pending is not None and type(pending) is not bytes:
+            # a batch: this cork now diverges from the batch's other listeners
+            self._leave(<_Batch>pending, True)
         need = self._corked_size() + n
         if self._cork is NULL:
+            pending = self._pending  # (still the batch if it was closed instead)
             if type(pending) is bytes:
                 pdata = PyBytes_AS_STRING(pending)
                 plen = PyBytes_GET_SIZE(pending)
-            else:  # a batch: this cork now diverges from the batch's other listeners
-                (<_Batch>pending).close()
+            else:
                 pdata = _batch_data(<_Batch>pending)
                 plen = (<_Batch>pending).size
             p = _reserve(NULL, &self._cork_alloc, need)
@@ -472,9 +492,10 @@ cdef class FanoutListener(WSListener):
         if pending is None and buf is NULL:
             return 0
         # take the data out first: the write may call back (pause_writing)
-        self._pending = None
         if pending is not None and type(pending) is not bytes:
-            (<_Batch>pending).close()  # written: nothing may be added to it any more
+            # written now: the batch's later frames come one by one
+            self._leave(<_Batch>pending, False)
+        self._pending = None
         self._cork = NULL
         self._cork_len = 0
         self._cork_alloc = 0
@@ -504,9 +525,7 @@ cdef class FanoutListener(WSListener):
         return 0
 
     cdef void _release(self) noexcept:
-        cdef object pending = self._pending
-        if pending is not None and type(pending) is not bytes:
-            (<_Batch>pending).close()
+        # (a batch it held goes on without it: closing, it takes no more frames anyway)
         self._pending = None
         if self._cork is not NULL:
             free(self._cork)
@@ -619,20 +638,21 @@ cdef Py_ssize_t _extend(_Batch ob, list seq, bytes payload, int kind, object exc
                     break
             else:
                 return -1  # not a target, or closing, or holding a cork of its own
-        if len(departed) >= 64:
+        if holder and PyList_GET_SIZE(departed) >= _MAX_DEPARTED:
             return -1  # many senders in one burst: the list would cost more than it saves
     frame = build_frame(_OP_TEXT, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), True, False)
     if ob.size + PyBytes_GET_SIZE(frame) >= ob.fanout.cork_cap:
         return -1
+    # from here on the frame goes out: nothing may return -1 (the caller would send it
+    # again). The origin leaves first, so that it cannot get its own frame.
+    if holder:
+        ex._leave(ob, True)  # (cannot fail: ob is open and has room, checked above)
     n = PyList_GET_SIZE(departed)
     for i in range(n):
         d = <FanoutListener>PyList_GET_ITEM(departed, i)
         if d is not ex:
             d._put(frame, kind)
-        if not ob.open:  # a callback closed it (cannot happen today: departed never hold it)
-            return -1
-    if holder:
-        ex._depart(ob)
+    # (appended even if a callback above had closed ob: its holders have not written it)
     ob.append(frame)
     ob.fanout.batched += 1
     return ob.count_all - (ex is not None)
@@ -747,6 +767,7 @@ cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gz
                     b.size = PyBytes_GET_SIZE(frame)
                     b.open = True
                     b.fanout = lst.fanout
+                    b.departed = []
                 if lst.fanout is b.fanout:
                     took += lst._put_batch(b, kind)
                 else:
@@ -759,7 +780,8 @@ cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gz
         # every target but the excluded one corks exactly this batch: the next broadcast
         # to this list may grow it
         b.targets = list(seq)
-        b.departed = [] if ex_lst is None else [ex_lst]
+        if ex_lst is not None:
+            b.departed.append(ex_lst)
         b.count_all = n + ex_handles
         b.has_gzip = any_gz
         b.has_deflate = any_dfl
