@@ -10,7 +10,7 @@ import orjson
 
 from chathub.broker.memory import MemoryBroker
 from chathub.config import HubConfig
-from chathub.core.hub import MESSAGE
+from chathub.core.hub import MESSAGE, Conn
 from chathub.server.node import Node
 from chathub.store.sqlite import SqliteMessageStore
 
@@ -59,6 +59,17 @@ async def settle() -> None:
         await asyncio.sleep(0.01)
 
 
+async def two_in_room(node: Node) -> tuple[FakeHandle, FakeHandle, Conn, Conn]:
+    """Users 1 and 2 connected and joined to room "r": their handles and connections."""
+    a, b = FakeHandle(), FakeHandle()
+    ca = node.open(a, token=node.token_for(1))
+    cb = node.open(b, token=node.token_for(2))
+    node.on_text(ca, b'{"op":"join","room":"r","id":"j"}')
+    node.on_text(cb, b'{"op":"join","room":"r","id":"j"}')
+    await settle()
+    return a, b, ca, cb
+
+
 def test_multicast_reaches_every_connection_of_listed_users(tmp_path):
     async def go():
         node = await make_node(tmp_path)
@@ -83,12 +94,7 @@ def test_multicast_reaches_every_connection_of_listed_users(tmp_path):
 def test_send_is_acked_after_commit_and_fanned_out_once(tmp_path):
     async def go():
         node = await make_node(tmp_path)
-        a, b = FakeHandle(), FakeHandle()
-        ca = node.open(a, token=node.token_for(1))
-        cb = node.open(b, token=node.token_for(2))
-        node.on_text(ca, b'{"op":"join","room":"r","id":1}')
-        node.on_text(cb, b'{"op":"join","room":"r","id":1}')
-        await settle()
+        a, b, ca, _ = await two_in_room(node)
         node.on_text(ca, b'{"op":"send","room":"r","text":"hi","id":2}')
         await settle()
         reply = [e for e in a.events() if e.get("id") == 2][0]
@@ -157,12 +163,7 @@ def test_a_burst_of_sends_is_one_store_group_and_a_read_after_it_sees_them(tmp_p
 
     async def go():
         node = await make_node(tmp_path)
-        a, b = FakeHandle(), FakeHandle()
-        ca = node.open(a, token=node.token_for(1))
-        cb = node.open(b, token=node.token_for(2))
-        node.on_text(ca, b'{"op":"join","room":"r","id":"j"}')
-        node.on_text(cb, b'{"op":"join","room":"r","id":"j"}')
-        await settle()
+        a, b, ca, _ = await two_in_room(node)
         groups0 = node.store.stats["groups"]
         for i in range(16):
             node.on_text(ca, b'{"op":"send","room":"r","text":"m%d","id":%d}' % (i, i))

@@ -84,6 +84,8 @@ cdef class _Batch:
     cdef bint has_deflate        # a target negotiated permessage-deflate
 
     cdef void close(self) noexcept
+    cdef bint has_room(self) noexcept
+    cdef bint admit(self, FanoutListener lst) except -1
     cdef int append(self, bytes frame) except -1
 
 

@@ -158,6 +158,19 @@ cdef class _Batch:
             if self.fanout is not None and self.fanout._open is self:
                 self.fanout._open = None
 
+    cdef inline bint has_room(self) noexcept:
+        """Open, and may hand one more listener its later frames one by one."""
+        return self.open and PyList_GET_SIZE(self.departed) < _MAX_DEPARTED
+
+    cdef bint admit(self, FanoutListener lst) except -1:
+        """Hand ``lst`` the later frames one by one (it does not hold the batch); if the
+        batch cannot (``has_room`` false), close it: False."""
+        if self.has_room():
+            self.departed.append(lst)
+            return True
+        self.close()
+        return False
+
     cdef int append(self, bytes frame) except -1:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
         cdef Py_ssize_t need = self.size + n
@@ -425,10 +438,7 @@ cdef class FanoutListener(WSListener):
         # the batch hands it its later frames one by one
         self._put(frame, kind)
         if not self.closing:
-            if b.open and PyList_GET_SIZE(b.departed) < _MAX_DEPARTED:
-                b.departed.append(self)
-            else:
-                b.close()
+            b.admit(self)
         return 0
 
     cdef int _leave(self, _Batch b, bint copy) except -1:
@@ -439,7 +449,7 @@ cdef class FanoutListener(WSListener):
         When ``b`` already hands out ``_MAX_DEPARTED`` it is closed instead (and, with
         ``copy``, stays this listener's cork as it is)."""
         cdef char* p
-        if not b.open or PyList_GET_SIZE(b.departed) >= _MAX_DEPARTED:
+        if not b.has_room():
             b.close()
             return 0
         if copy:
@@ -448,7 +458,7 @@ cdef class FanoutListener(WSListener):
             self._cork = p
             self._cork_len = b.size
         self._pending = None
-        b.departed.append(self)
+        b.admit(self)
         return 0
 
     cdef int _append(self, bytes frame) except -1:
@@ -615,6 +625,10 @@ cdef inline object _handle_of(object c):
     return _slot(c, _handle_off, "handle") if Py_TYPE(c) is _slot_type else getattr(c, "handle", None)
 
 
+cdef inline object _gzip_of(object c):
+    return _slot(c, _gzip_off, "gzip") if Py_TYPE(c) is _slot_type else c.gzip
+
+
 cdef Py_ssize_t _extend(_Batch ob, list seq, bytes payload, int kind, object exclude) except -2:
     """Add ``payload``'s frame to the open batch ``ob`` (opened for the same list as
     ``seq``), for every target but ``exclude``; the broadcast's answer, or -1 if this
@@ -638,7 +652,7 @@ cdef Py_ssize_t _extend(_Batch ob, list seq, bytes payload, int kind, object exc
                     break
             else:
                 return -1  # not a target, or closing, or holding a cork of its own
-        if holder and PyList_GET_SIZE(departed) >= _MAX_DEPARTED:
+        if holder and not ob.has_room():
             return -1  # many senders in one burst: the list would cost more than it saves
     frame = build_frame(_OP_TEXT, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), True, False)
     if ob.size + PyBytes_GET_SIZE(frame) >= ob.fanout.cork_cap:
@@ -713,7 +727,7 @@ cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gz
                     ex_lst = <FanoutListener>h
                     if ex_lst.deflate:
                         any_dfl = True
-                    if (_slot(c, _gzip_off, "gzip") if Py_TYPE(c) is _slot_type else c.gzip):
+                    if _gzip_of(c):
                         any_gz = True
                 else:
                     b_ok = False
@@ -724,10 +738,7 @@ cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gz
         n += 1
         gz_wanted = False
         if big or batching:
-            if Py_TYPE(c) is _slot_type:
-                gz_wanted = _slot(c, _gzip_off, "gzip")
-            else:
-                gz_wanted = c.gzip
+            gz_wanted = _gzip_of(c)
             if gz_wanted:
                 any_gz = True
                 gz_wanted = big
