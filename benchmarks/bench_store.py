@@ -55,10 +55,20 @@ from chathub.store.base import StoreUnavailable  # noqa: E402
 TEXT = "benchmark message: the quick brown fox jumps over the lazy dog 0123456789"
 
 
+# client_msg_ids: "counter" = c-<tag>-<n>, increasing with time (as counters, ULIDs,
+# UUIDv7 or timestamps are); "uuid4" = random (the idempotency index then takes a group's
+# inserts at one leaf page per message). Set from --client-ids.
+CLIENT_IDS = "counter"
+
+
+def _cid(i: int, tag: str) -> str:
+    return str(uuid.uuid4()) if CLIENT_IDS == "uuid4" else f"c-{tag}-{i}"
+
+
 def _msg(i: int, rooms: int, tag: str) -> NewMessage:
     return NewMessage(
         tenant_id=1, room=f"room{i % rooms}", sender=i % 1000, text=TEXT,
-        ts=time.time_ns() // 1_000_000, msg_id=f"{tag}-{i}", client_msg_id=f"c-{tag}-{i}",
+        ts=time.time_ns() // 1_000_000, msg_id=f"{tag}-{i}", client_msg_id=_cid(i, tag),
     )
 
 
@@ -71,7 +81,7 @@ RAW_SEQ0 = 10**12
 
 def _raw_rows(rows: int, rooms: int, tag: str) -> list[tuple]:
     now = time.time_ns() // 1_000_000
-    return [(1, f"room{i % rooms}", RAW_SEQ0 + i, f"raw{tag}-{i}", i % 1000, TEXT, now, f"c-raw{tag}-{i}", None)
+    return [(1, f"room{i % rooms}", RAW_SEQ0 + i, f"raw{tag}-{i}", i % 1000, TEXT, now, _cid(i, f"raw{tag}"), None)
             for i in range(rows)]
 
 
@@ -331,10 +341,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pg-writers", type=int, default=None, help="writer lanes (default: the store's)")
     ap.add_argument("--pg-pipeline", type=int, default=None, help="groups in flight per lane (default: the store's)")
     ap.add_argument("--pg-max-batch", type=int, default=None, help="appends per group (default: the store's)")
+    ap.add_argument("--client-ids", choices=("counter", "uuid4"), default="counter",
+                    help="client_msg_id scheme: time-ordered counter (default) or random UUIDv4")
     ap.add_argument("--dir", default=None, help="directory for the SQLite file (default: temp dir)")
     ap.add_argument("--json", metavar="PATH")
     ap.add_argument("--md", metavar="PATH")
     args = ap.parse_args(argv)
+    global CLIENT_IDS
+    CLIENT_IDS = args.client_ids
     random.seed(1)
     try:
         import uvloop

@@ -80,6 +80,61 @@ def test_migrations_idempotent_and_concurrent(store_factory, run):
 
     run(body())
 
+def test_upgrade_to_0002_keeps_stored_client_msg_ids_idempotent(store_factory, run, monkeypatch):
+    """A database written under 0001 (idempotency index keyed sender first) is upgraded
+    in place by 0002 (keyed client_msg_id first): what was stored before still answers a
+    repeat as a duplicate, and the same client id stays free for another sender/room."""
+    import chathub.store.migrations as migrations_mod
+
+    full = migrations_mod.load
+
+    async def body():
+        monkeypatch.setattr(migrations_mod, "load", lambda dialect: full(dialect)[:1])
+        old = await store_factory()
+        first = await old.append(nm("x", sender=7, cid="c-1"))
+        await old.append(nm("x", sender=8, cid="c-2"))
+        monkeypatch.setattr(migrations_mod, "load", full)
+        new = await store_factory()  # applies 0002 on open
+        assert await new.migrate() == []
+        again = await new.append(nm("x", sender=7, cid="c-1"))
+        assert again.duplicate and again.message.seq == first.message.seq
+        assert again.message.msg_id == first.message.msg_id
+        other = await new.append(nm("x", sender=8, cid="c-1"))  # same id, another sender
+        assert not other.duplicate and other.message.seq == 3
+        elsewhere = await new.append(nm("y", sender=7, cid="c-1"))  # same id, another room
+        assert not elsewhere.duplicate and elsewhere.message.seq == 1
+        assert seqs(await all_history(new, "x")) == [1, 2, 3]
+        assert await _client_msg_id_index_columns(store_factory) == ["tenant_id", "room", "client_msg_id", "sender"]
+
+    run(body())
+
+
+async def _client_msg_id_index_columns(factory) -> list[str]:
+    if factory.kind == "sqlite":
+        import sqlite3
+
+        db = sqlite3.connect(factory.path)
+        try:
+            return [r[2] for r in db.execute("PRAGMA index_info(messages_client_msg_id)")]
+        finally:
+            db.close()
+    import asyncpg
+
+    conn = await asyncpg.connect(factory.dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT a.attname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+            "WHERE c.relname = 'messages_client_msg_id' AND n.nspname = $1 ORDER BY k.ord",
+            factory.schema,
+        )
+        return [r[0] for r in rows]
+    finally:
+        await conn.close()
+
+
 
 def test_empty_room(store, run):
     async def body():
