@@ -3,9 +3,10 @@
     from chathub import speedups
     speedups.encode_frame(0x1, b"hello")
 
-Compiled: ``chathub._fastpath._frame`` and ``chathub._fastpath._fanout``
-(Cython) and ``chathub._rust_core`` (Rust). Twins: ``chathub._fastpath._frame_py``,
-``chathub._fastpath._fanout_py``, ``chathub._compress_py`` and
+Compiled: ``chathub._fastpath._frame``, ``chathub._fastpath._fanout`` and
+``chathub._fastpath._records`` (Cython) and ``chathub._rust_core`` (Rust). Twins:
+``chathub._fastpath._frame_py``, ``chathub._fastpath._fanout_py``,
+``chathub._fastpath._records_py``, ``chathub._compress_py`` and
 ``chathub._ratelimit_py``.
 Both give the same results and raise the same exception types (the tests
 compare them).
@@ -34,6 +35,7 @@ __all__ = [
     "FanoutListener",
     "IMPLEMENTATION",
     "RateLimiter",
+    "bind_records",
     "broadcast",
     "deflate_compress_raw",
     "deflate_decompress_raw",
@@ -43,6 +45,7 @@ __all__ = [
     "gzip_compress",
     "gzip_decompress",
     "maybe_gzip",
+    "new_result",
 ]
 
 ENV_VAR = "CHATHUB_NO_EXTENSIONS"
@@ -67,6 +70,8 @@ if TYPE_CHECKING:
     )
     from chathub._fastpath._frame_py import encode_frame, encode_frame_header
     from chathub._fastpath._fanout_py import Fanout, FanoutListener, broadcast
+    from chathub._fastpath._records_py import bind as bind_records
+    from chathub._fastpath._records_py import new_result
     from chathub._ratelimit_py import RateLimiter
 elif extensions_disabled():
     from chathub._compress_py import (
@@ -78,6 +83,8 @@ elif extensions_disabled():
     )
     from chathub._fastpath._frame_py import encode_frame, encode_frame_header
     from chathub._fastpath._fanout_py import Fanout, FanoutListener, broadcast
+    from chathub._fastpath._records_py import bind as bind_records
+    from chathub._fastpath._records_py import new_result
     from chathub._ratelimit_py import RateLimiter
 
     IMPLEMENTATION = "python"
@@ -86,6 +93,8 @@ else:
     try:
         from chathub._fastpath._frame import encode_frame, encode_frame_header
         from chathub._fastpath._fanout import Fanout, FanoutListener, broadcast
+        from chathub._fastpath._records import bind as bind_records
+        from chathub._fastpath._records import new_result
         from chathub._rust_core import (
             RateLimiter,
             deflate_compress_raw,
@@ -104,6 +113,8 @@ else:
         )
         from chathub._fastpath._frame_py import encode_frame, encode_frame_header
         from chathub._fastpath._fanout_py import Fanout, FanoutListener, broadcast
+        from chathub._fastpath._records_py import bind as bind_records
+        from chathub._fastpath._records_py import new_result
         from chathub._ratelimit_py import RateLimiter
 
         _reason = f"{type(exc).__name__}: {exc}"
@@ -119,10 +130,10 @@ else:
         del _reason
     else:
         IMPLEMENTATION = "compiled"
-        _DESCRIPTION = "compiled (Cython _frame, Rust _rust_core)"
+        _DESCRIPTION = "compiled (Cython _frame, _fanout, _records; Rust _rust_core)"
 
 
 def describe() -> str:
     """One line for ``chathub --version`` and start-up logs, e.g.
-    ``"compiled (Cython _frame, Rust _rust_core)"``."""
+    ``"compiled (Cython _frame, _fanout, _records; Rust _rust_core)"``."""
     return _DESCRIPTION

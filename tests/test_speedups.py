@@ -79,7 +79,7 @@ def test_implementation_follows_environment() -> None:
         assert speedups.gzip_compress.__module__ == "chathub._compress_py"
     else:
         assert speedups.IMPLEMENTATION == "compiled"
-        assert speedups.describe() == "compiled (Cython _frame, Rust _rust_core)"
+        assert speedups.describe() == "compiled (Cython _frame, _fanout, _records; Rust _rust_core)"
         assert speedups.encode_frame.__module__ == "chathub._fastpath._frame"
         assert speedups.gzip_compress.__module__ == "chathub._rust_core"
 
@@ -107,7 +107,7 @@ def test_unset_selects_compiled(value: str | None) -> None:
     require_compiled()
     report = run_report(value)
     assert report["implementation"] == "compiled"
-    assert report["describe"] == "compiled (Cython _frame, Rust _rust_core)"
+    assert report["describe"] == "compiled (Cython _frame, _fanout, _records; Rust _rust_core)"
     assert report["modules"]["encode_frame"] == "chathub._fastpath._frame"
     assert report["modules"]["maybe_gzip"] == "chathub._rust_core"
     assert report["warnings"] == []

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 from .base import AppendResult, InvalidMessage, NewMessage, StoredMessage
+from chathub.speedups import bind_records, new_result
 
 I64_MIN = -(1 << 63)
 I64_MAX = (1 << 63) - 1
@@ -108,43 +108,11 @@ def row_to_message(r) -> StoredMessage:
     )
 
 
-# Building the result of every stored message is per-message work on the hot path, and
-# a frozen dataclass ``__init__`` goes through ``object.__setattr__`` once per field.
-# ``new_result`` fills the slots directly through their descriptors (about half the
-# cost); the objects are ordinary, equal to ones built by the constructors.
-_new = object.__new__
-_SM_FIELDS = ("tenant_id", "room", "seq", "msg_id", "sender", "text", "ts", "client_msg_id", "reply_to",
-              "edited_at", "deleted")
-# every slot must be set below: fail at import if the records change
-if tuple(f.name for f in dataclasses.fields(StoredMessage)) != _SM_FIELDS or tuple(
-    f.name for f in dataclasses.fields(AppendResult)
-) != ("message", "duplicate"):  # pragma: no cover
-    raise ImportError("chathub.store._common.new_result is out of date with base.StoredMessage/AppendResult")
-(_sm_t, _sm_r, _sm_seq, _sm_id, _sm_s, _sm_x, _sm_ts, _sm_cid, _sm_rt, _sm_ed, _sm_del) = (
-    StoredMessage.__dict__[f].__set__ for f in _SM_FIELDS
-)
-_ar_msg = AppendResult.__dict__["message"].__set__
-_ar_dup = AppendResult.__dict__["duplicate"].__set__
-
-
-def new_result(t: int, r: str, seq: int, m: NewMessage) -> AppendResult:
-    """``AppendResult(StoredMessage(t, r, seq, <fields of m>))`` for a newly stored ``m``."""
-    sm = _new(StoredMessage)
-    _sm_t(sm, t)
-    _sm_r(sm, r)
-    _sm_seq(sm, seq)
-    _sm_id(sm, m.msg_id)
-    _sm_s(sm, m.sender)
-    _sm_x(sm, m.text)
-    _sm_ts(sm, m.ts)
-    _sm_cid(sm, m.client_msg_id)
-    _sm_rt(sm, m.reply_to)
-    _sm_ed(sm, None)
-    _sm_del(sm, False)
-    res = _new(AppendResult)
-    _ar_msg(res, sm)
-    _ar_dup(res, False)
-    return res
+# Building the result of every stored message is per-message work on the hot path:
+# ``new_result`` (compiled, or its pure-Python twin; chathub._fastpath._records_py) fills
+# the records' slots directly. ``bind_records`` raises TypeError at import if the record
+# types no longer have the fields it expects.
+bind_records(NewMessage, StoredMessage, AppendResult)
 
 
 def group_reactions(rows) -> dict[int, dict[str, list[int]]]:

@@ -1,0 +1,12 @@
+"""The stores' result records; see _records_py.py."""
+
+from typing import Any
+
+__all__ = ["bind", "new_result", "NEW_FIELDS", "STORED_FIELDS", "RESULT_FIELDS"]
+
+NEW_FIELDS: tuple[str, ...]
+STORED_FIELDS: tuple[str, ...]
+RESULT_FIELDS: tuple[str, ...]
+
+def bind(new_message: type, stored_message: type, append_result: type) -> None: ...
+def new_result(t: Any, r: Any, seq: Any, m: Any) -> Any: ...

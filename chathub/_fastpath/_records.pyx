@@ -1,0 +1,148 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""The stores' result records, built with their slots written directly.
+
+Compiled twin of ``chathub._fastpath._records_py`` (which explains the why); the tests
+check that both build equal objects and raise the same exception types.
+``new_result`` allocates the two records with their types' ``tp_alloc`` (what
+``object.__new__`` does for them) and stores each field at its slot offset; a
+``NewMessage`` of the exact bound type is read the same way, anything else with
+``getattr``. ``bind`` learns the offsets and refuses types whose fields are not the
+expected plain ``__slots__`` members, so no write can land outside an object.
+"""
+
+from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_INCREF
+
+import dataclasses
+
+__all__ = ["bind", "new_result", "NEW_FIELDS", "STORED_FIELDS", "RESULT_FIELDS"]
+
+NEW_FIELDS = ("tenant_id", "room", "sender", "text", "ts", "msg_id", "client_msg_id", "reply_to")
+STORED_FIELDS = ("tenant_id", "room", "seq", "msg_id", "sender", "text", "ts", "client_msg_id", "reply_to",
+                 "edited_at", "deleted")
+RESULT_FIELDS = ("message", "duplicate")
+
+
+cdef extern from "Python.h":
+    ctypedef struct PyMemberDef:
+        const char* name
+        int type
+        Py_ssize_t offset
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
+    PyTypeObject PyMemberDescr_Type
+    PyTypeObject* Py_TYPE(object o)
+
+cdef extern from *:
+    """
+    static PyObject* chathub_records_alloc(PyTypeObject* tp) { return tp->tp_alloc(tp, 0); }
+    """
+    object _alloc "chathub_records_alloc"(PyTypeObject* tp)
+
+cdef extern from "structmember.h":
+    int T_OBJECT_EX
+
+
+# bound types (references kept here) and slot offsets
+cdef object _new_type = None
+cdef object _stored_type = None
+cdef object _result_type = None
+cdef PyTypeObject* _new_tp = NULL
+cdef PyTypeObject* _stored_tp = NULL
+cdef PyTypeObject* _result_tp = NULL
+# NewMessage: msg_id, sender, text, ts, client_msg_id, reply_to
+cdef Py_ssize_t _n_id, _n_s, _n_x, _n_ts, _n_cid, _n_rt
+# StoredMessage, in STORED_FIELDS order
+cdef Py_ssize_t _s_off[11]
+cdef Py_ssize_t _a_msg, _a_dup
+
+
+cdef Py_ssize_t _offset(object tp, str name) except -1:
+    d = tp.__dict__.get(name)
+    if d is None or Py_TYPE(d) is not &PyMemberDescr_Type:
+        raise TypeError(f"{tp.__name__}.{name} is not a __slots__ member")
+    cdef PyMemberDescrObject* md = <PyMemberDescrObject*><PyObject*>d
+    if md.d_member.type != T_OBJECT_EX or md.d_member.offset <= 0:
+        raise TypeError(f"{tp.__name__}.{name} is not an object slot")
+    return md.d_member.offset
+
+
+cdef int _check(object tp, tuple fields) except -1:
+    if not isinstance(tp, type) or not dataclasses.is_dataclass(tp):
+        raise TypeError(f"{tp!r} is not a dataclass type")
+    names = tuple([f.name for f in dataclasses.fields(tp)])
+    if names != fields:
+        raise TypeError(f"{tp.__name__} has fields {names}, expected {fields}")
+    for name in fields:
+        _offset(tp, name)
+    return 0
+
+
+def bind(new_message, stored_message, append_result):
+    """Learn the record types (see the module docstring); TypeError if unusable."""
+    global _new_type, _stored_type, _result_type, _new_tp, _stored_tp, _result_tp
+    global _n_id, _n_s, _n_x, _n_ts, _n_cid, _n_rt, _a_msg, _a_dup
+    _check(new_message, NEW_FIELDS)
+    _check(stored_message, STORED_FIELDS)
+    _check(append_result, RESULT_FIELDS)
+    cdef Py_ssize_t i
+    for i in range(11):
+        _s_off[i] = _offset(stored_message, STORED_FIELDS[i])
+    _n_id = _offset(new_message, "msg_id")
+    _n_s = _offset(new_message, "sender")
+    _n_x = _offset(new_message, "text")
+    _n_ts = _offset(new_message, "ts")
+    _n_cid = _offset(new_message, "client_msg_id")
+    _n_rt = _offset(new_message, "reply_to")
+    _a_msg = _offset(append_result, "message")
+    _a_dup = _offset(append_result, "duplicate")
+    _new_type, _stored_type, _result_type = new_message, stored_message, append_result
+    _new_tp = <PyTypeObject*>new_message
+    _stored_tp = <PyTypeObject*>stored_message
+    _result_tp = <PyTypeObject*>append_result
+
+
+cdef inline PyObject* _get(object o, Py_ssize_t off) noexcept:
+    return (<PyObject**>((<char*><PyObject*>o) + off))[0]
+
+
+cdef inline void _put(object o, Py_ssize_t off, object v) noexcept:
+    # only on a fresh object from tp_alloc: the slot is NULL, nothing to release
+    Py_INCREF(v)
+    (<PyObject**>((<char*><PyObject*>o) + off))[0] = <PyObject*>v
+
+
+def new_result(t, r, seq, m):
+    """``AppendResult(StoredMessage(t, r, seq, <fields of m>))`` for a newly stored ``m``
+    (anything with NewMessage's attributes; AttributeError when one is missing)."""
+    if _stored_tp is NULL:
+        raise RuntimeError("chathub._fastpath._records.bind() was not called")
+    cdef PyObject* p
+    cdef object msg_id, sender, text, ts, cid, rt
+    if Py_TYPE(m) is _new_tp and _get(m, _n_id) is not NULL and _get(m, _n_s) is not NULL \
+            and _get(m, _n_x) is not NULL and _get(m, _n_ts) is not NULL \
+            and _get(m, _n_cid) is not NULL and _get(m, _n_rt) is not NULL:
+        msg_id = <object>_get(m, _n_id)
+        sender = <object>_get(m, _n_s)
+        text = <object>_get(m, _n_x)
+        ts = <object>_get(m, _n_ts)
+        cid = <object>_get(m, _n_cid)
+        rt = <object>_get(m, _n_rt)
+    else:  # (the twin's order, so the same AttributeError comes first)
+        msg_id, sender, text, ts, cid, rt = m.msg_id, m.sender, m.text, m.ts, m.client_msg_id, m.reply_to
+    sm = _alloc(_stored_tp)
+    _put(sm, _s_off[0], t)
+    _put(sm, _s_off[1], r)
+    _put(sm, _s_off[2], seq)
+    _put(sm, _s_off[3], msg_id)
+    _put(sm, _s_off[4], sender)
+    _put(sm, _s_off[5], text)
+    _put(sm, _s_off[6], ts)
+    _put(sm, _s_off[7], cid)
+    _put(sm, _s_off[8], rt)
+    _put(sm, _s_off[9], None)
+    _put(sm, _s_off[10], False)
+    res = _alloc(_result_tp)
+    _put(res, _a_msg, sm)
+    _put(res, _a_dup, False)
+    return res
