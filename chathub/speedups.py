@@ -45,6 +45,7 @@ __all__ = [
     "gzip_compress",
     "gzip_decompress",
     "maybe_gzip",
+    "new_message_init",
     "new_result",
 ]
 
@@ -71,7 +72,7 @@ if TYPE_CHECKING:
     from chathub._fastpath._frame_py import encode_frame, encode_frame_header
     from chathub._fastpath._fanout_py import Fanout, FanoutListener, broadcast
     from chathub._fastpath._records_py import bind as bind_records
-    from chathub._fastpath._records_py import new_result
+    from chathub._fastpath._records_py import new_message_init, new_result
     from chathub._ratelimit_py import RateLimiter
 elif extensions_disabled():
     from chathub._compress_py import (
@@ -84,7 +85,7 @@ elif extensions_disabled():
     from chathub._fastpath._frame_py import encode_frame, encode_frame_header
     from chathub._fastpath._fanout_py import Fanout, FanoutListener, broadcast
     from chathub._fastpath._records_py import bind as bind_records
-    from chathub._fastpath._records_py import new_result
+    from chathub._fastpath._records_py import new_message_init, new_result
     from chathub._ratelimit_py import RateLimiter
 
     IMPLEMENTATION = "python"
@@ -94,7 +95,7 @@ else:
         from chathub._fastpath._frame import encode_frame, encode_frame_header
         from chathub._fastpath._fanout import Fanout, FanoutListener, broadcast
         from chathub._fastpath._records import bind as bind_records
-        from chathub._fastpath._records import new_result
+        from chathub._fastpath._records import new_message_init, new_result
         from chathub._rust_core import (
             RateLimiter,
             deflate_compress_raw,
@@ -114,7 +115,7 @@ else:
         from chathub._fastpath._frame_py import encode_frame, encode_frame_header
         from chathub._fastpath._fanout_py import Fanout, FanoutListener, broadcast
         from chathub._fastpath._records_py import bind as bind_records
-        from chathub._fastpath._records_py import new_result
+        from chathub._fastpath._records_py import new_message_init, new_result
         from chathub._ratelimit_py import RateLimiter
 
         _reason = f"{type(exc).__name__}: {exc}"

@@ -209,3 +209,65 @@ def test_the_stores_use_the_selected_implementation():
     assert _common.new_result is speedups.new_result
     if speedups.IMPLEMENTATION == "compiled":
         assert type(speedups.new_result).__name__ == "cython_function_or_method"
+
+
+# ------------------------------------------------------------------ NewMessage.__init__
+from chathub.store.base import NEW_MESSAGE_DATACLASS_INIT  # noqa: E402
+
+FIELDS = ("tenant_id", "room", "sender", "text", "ts", "msg_id", "client_msg_id", "reply_to")
+_MISSING = object()
+
+
+def slots_of(o) -> tuple:
+    return tuple(getattr(o, f, _MISSING) for f in FIELDS)
+
+
+def run_init(init, cls, args, kwargs):
+    o = object.__new__(cls)
+    res = outcome(init, o, *args, **kwargs)
+    return res[0] if res[0] == "ok" else res, slots_of(o)
+
+
+values = st.one_of(st.none(), st.integers(), st.text(max_size=10))
+
+
+@given(
+    args=st.lists(values, max_size=10),
+    kwargs=st.dictionaries(st.sampled_from(FIELDS + ("extra", "self")), values, max_size=4),
+)
+def test_new_message_init_is_the_dataclass_init(compiled, args, kwargs):
+    init = compiled.new_message_init
+    for cls in (NewMessage, SubMessage):
+        assert run_init(init, cls, args, kwargs) == run_init(NEW_MESSAGE_DATACLASS_INIT, cls, args, kwargs)
+
+
+def test_new_message_init_on_other_objects(compiled):
+    for target in (object(), LooseMessage(), None):
+        assert outcome(compiled.new_message_init, target, 1, "r", 2, "t", 3, "i") == outcome(
+            NEW_MESSAGE_DATACLASS_INIT, target, 1, "r", 2, "t", 3, "i")
+
+
+def test_new_message_init_again_replaces_and_releases(compiled):
+    old_text = "".join(["old ", str(id(object()))])
+    new_text = "".join(["new ", str(id(object()))])
+    m = NewMessage(1, "r", 2, old_text, 3, "i", "c", 4)
+    gc.collect()
+    before_old, before_new = sys.getrefcount(old_text), sys.getrefcount(new_text)
+    compiled.new_message_init(m, 5, "s", 6, new_text, 7, "j")
+    assert slots_of(m) == (5, "s", 6, new_text, 7, "j", None, None)
+    assert sys.getrefcount(old_text) == before_old - 1
+    assert sys.getrefcount(new_text) == before_new + 1
+
+
+def test_the_compiled_init_is_installed_when_compiled():
+    from chathub import speedups
+
+    if speedups.IMPLEMENTATION == "compiled":
+        assert NewMessage.__init__ is speedups.new_message_init
+    else:
+        assert NewMessage.__init__ is NEW_MESSAGE_DATACLASS_INIT
+    m = NewMessage(1, "r", 2, "t", 3, "i", reply_to=9)
+    assert (m.tenant_id, m.room, m.sender, m.text, m.ts, m.msg_id, m.client_msg_id, m.reply_to) == (
+        1, "r", 2, "t", 3, "i", None, 9)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.text = "x"  # type: ignore[misc]

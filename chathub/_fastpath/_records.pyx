@@ -11,11 +11,11 @@ expected plain ``__slots__`` members, so no write can land outside an object.
 """
 
 from cpython.object cimport PyObject, PyTypeObject
-from cpython.ref cimport Py_INCREF
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 
 import dataclasses
 
-__all__ = ["bind", "new_result", "NEW_FIELDS", "STORED_FIELDS", "RESULT_FIELDS"]
+__all__ = ["bind", "new_result", "new_message_init", "NEW_FIELDS", "STORED_FIELDS", "RESULT_FIELDS"]
 
 NEW_FIELDS = ("tenant_id", "room", "sender", "text", "ts", "msg_id", "client_msg_id", "reply_to")
 STORED_FIELDS = ("tenant_id", "room", "seq", "msg_id", "sender", "text", "ts", "client_msg_id", "reply_to",
@@ -50,8 +50,9 @@ cdef object _result_type = None
 cdef PyTypeObject* _new_tp = NULL
 cdef PyTypeObject* _stored_tp = NULL
 cdef PyTypeObject* _result_tp = NULL
-# NewMessage: msg_id, sender, text, ts, client_msg_id, reply_to
+# NewMessage: msg_id, sender, text, ts, client_msg_id, reply_to; and all, in NEW_FIELDS order
 cdef Py_ssize_t _n_id, _n_s, _n_x, _n_ts, _n_cid, _n_rt
+cdef Py_ssize_t _n_off[8]
 # StoredMessage, in STORED_FIELDS order
 cdef Py_ssize_t _s_off[11]
 cdef Py_ssize_t _a_msg, _a_dup
@@ -88,6 +89,8 @@ def bind(new_message, stored_message, append_result):
     cdef Py_ssize_t i
     for i in range(11):
         _s_off[i] = _offset(stored_message, STORED_FIELDS[i])
+    for i in range(8):
+        _n_off[i] = _offset(new_message, NEW_FIELDS[i])
     _n_id = _offset(new_message, "msg_id")
     _n_s = _offset(new_message, "sender")
     _n_x = _offset(new_message, "text")
@@ -110,6 +113,42 @@ cdef inline void _put(object o, Py_ssize_t off, object v) noexcept:
     # only on a fresh object from tp_alloc: the slot is NULL, nothing to release
     Py_INCREF(v)
     (<PyObject**>((<char*><PyObject*>o) + off))[0] = <PyObject*>v
+
+
+cdef inline void _replace(object o, Py_ssize_t off, object v) noexcept:
+    cdef PyObject** slot = <PyObject**>((<char*><PyObject*>o) + off)
+    cdef PyObject* old = slot[0]
+    Py_INCREF(v)
+    slot[0] = <PyObject*>v
+    Py_XDECREF(old)
+
+
+_setattr = object.__setattr__
+
+
+def new_message_init(self, tenant_id, room, sender, text, ts, msg_id, client_msg_id=None, reply_to=None):
+    """``NewMessage.__init__`` (installed by ``chathub.store.base`` when compiled): the
+    dataclass' generated one sets each field with ``object.__setattr__`` (it is frozen);
+    this stores them at their slot offsets. Same parameters; on anything but the exact
+    bound type it does what the generated one does, field by field."""
+    if _new_tp is not NULL and Py_TYPE(self) is _new_tp:
+        _replace(self, _n_off[0], tenant_id)
+        _replace(self, _n_off[1], room)
+        _replace(self, _n_off[2], sender)
+        _replace(self, _n_off[3], text)
+        _replace(self, _n_off[4], ts)
+        _replace(self, _n_off[5], msg_id)
+        _replace(self, _n_off[6], client_msg_id)
+        _replace(self, _n_off[7], reply_to)
+        return
+    _setattr(self, "tenant_id", tenant_id)
+    _setattr(self, "room", room)
+    _setattr(self, "sender", sender)
+    _setattr(self, "text", text)
+    _setattr(self, "ts", ts)
+    _setattr(self, "msg_id", msg_id)
+    _setattr(self, "client_msg_id", client_msg_id)
+    _setattr(self, "reply_to", reply_to)
 
 
 def new_result(t, r, seq, m):

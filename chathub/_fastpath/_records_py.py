@@ -9,14 +9,17 @@ objects are ordinary, equal to ones built by the constructors.
 (``chathub.store.base`` calls it through ``chathub.store._common``; the store package is
 not imported from here, which keeps ``chathub.speedups`` free of import cycles). It
 raises TypeError when a type's fields are not the ones expected or are not plain slots.
+
+``new_message_init`` is None here: the twin of the compiled ``NewMessage.__init__`` is
+the dataclass' own generated ``__init__``, which stays in place.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["bind", "new_result", "NEW_FIELDS", "STORED_FIELDS", "RESULT_FIELDS"]
+__all__ = ["bind", "new_result", "new_message_init", "NEW_FIELDS", "STORED_FIELDS", "RESULT_FIELDS"]
 
 NEW_FIELDS = ("tenant_id", "room", "sender", "text", "ts", "msg_id", "client_msg_id", "reply_to")
 STORED_FIELDS = ("tenant_id", "room", "seq", "msg_id", "sender", "text", "ts", "client_msg_id", "reply_to",
@@ -24,6 +27,7 @@ STORED_FIELDS = ("tenant_id", "room", "seq", "msg_id", "sender", "text", "ts", "
 RESULT_FIELDS = ("message", "duplicate")
 
 _new = object.__new__
+new_message_init: Callable[..., None] | None = None
 _stored: Any = None
 _result: Any = None
 _setters: tuple = ()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from .base import AppendResult, InvalidMessage, NewMessage, StoredMessage
-from chathub.speedups import bind_records, new_result
+from chathub.speedups import new_result
 
 I64_MIN = -(1 << 63)
 I64_MAX = (1 << 63) - 1
@@ -108,11 +108,9 @@ def row_to_message(r) -> StoredMessage:
     )
 
 
-# Building the result of every stored message is per-message work on the hot path:
-# ``new_result`` (compiled, or its pure-Python twin; chathub._fastpath._records_py) fills
-# the records' slots directly. ``bind_records`` raises TypeError at import if the record
-# types no longer have the fields it expects.
-bind_records(NewMessage, StoredMessage, AppendResult)
+# ``new_result`` (compiled, or its pure-Python twin; chathub._fastpath._records_py) builds
+# the result of every stored message with the records' slots filled directly (bound to
+# the record types in chathub.store.base).
 
 
 def group_reactions(rows) -> dict[int, dict[str, list[int]]]:

@@ -93,6 +93,25 @@ class AppendResult:
     duplicate: bool = False
 
 
+# Per-message records are built on the hot path. The compiled layer (chathub.speedups)
+# learns their slot offsets here: ``new_result`` fills a stored message's records directly,
+# and NewMessage's frozen-dataclass ``__init__`` (one ``object.__setattr__`` per field) is
+# replaced by one that stores the fields at their offsets (same parameters, same
+# objects; with CHATHUB_NO_EXTENSIONS the generated one stays). ``bind_records`` raises
+# TypeError if the records no longer have the fields it expects.
+def _speed_up_records() -> None:
+    from chathub import speedups
+
+    speedups.bind_records(NewMessage, StoredMessage, AppendResult)
+    if speedups.new_message_init is not None:
+        setattr(NewMessage, "__init__", speedups.new_message_init)
+
+
+#: NewMessage's dataclass-generated ``__init__`` (the twin of the compiled one)
+NEW_MESSAGE_DATACLASS_INIT = NewMessage.__init__
+_speed_up_records()
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryPage:
     messages: list[StoredMessage]  # oldest first
