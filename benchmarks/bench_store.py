@@ -49,6 +49,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests", "store"))
 
+from chathub.server.app import freeze_startup_heap  # noqa: E402
 from chathub.store import NewMessage, SqliteMessageStore  # noqa: E402
 from chathub.store.base import StoreUnavailable  # noqa: E402
 
@@ -228,6 +229,7 @@ async def bench_sqlite(args, workdir: str) -> dict:
           if v is not None}
     s = SqliteMessageStore(path, **kw)
     await s.open()
+    freeze_startup_heap()  # as `chathub serve` does once started
     try:
         await closed_loop(s, args.senders, args.warmup, args.rooms, "warm")
         thr = await closed_loop(s, args.senders, args.seconds, args.rooms, "thr")
@@ -250,6 +252,7 @@ async def bench_postgres(args, dsn: str) -> dict:
                             ("max_batch", args.pg_max_batch)) if v is not None}
     s = PostgresMessageStore(dsn, schema=schema, max_size=args.pg_pool, **kw)
     await s.open()
+    freeze_startup_heap()  # as `chathub serve` does once started
     try:
         settings = {}
         async with s._conn() as c:
