@@ -2,7 +2,9 @@
 
 Each connection is a real picows ``WSTransport`` over an in-memory transport that records
 every write, close and abort (its ``get_write_buffer_size`` never says 0, so picows'
-C-level fast write hands the bytes to ``write`` instead of a socket). The unit tests run
+C-level fast write hands the bytes to ``write`` instead of a socket); the compiled
+module's direct writes (``send()`` on the socket while the transport holds nothing) are
+tested over a real socket pair at the end. The unit tests run
 on both implementations; the differential test drives both with the same random script of
 broadcasts, sends, pauses, drains, resumes, resets and closes, and requires the same writes
 (byte for byte, write for write), the same closes and the same listener state.
@@ -815,3 +817,148 @@ def test_real_socket_order_backpressure_and_close(impl: Any) -> None:
     burst = [p for t, p in got[2:]]
     assert burst == [b"%05d" % i + big[:7] for i in range(len(burst))]
     assert shed == 1
+
+
+# ---------------------------------------------------------------- direct writes (compiled)
+
+
+class SocketTransport(FakeTransport):
+    """A transport over one end of a real socket pair, with uvloop's flow control: its
+    buffer holds what the socket did not take, ``write`` tries the socket first when it
+    holds nothing, pauses the protocol above ``high`` (synchronously) and ``drain``
+    moves the buffer to the socket and resumes at ``low`` or below."""
+
+    def __init__(self, sock: Any) -> None:
+        super().__init__()
+        self.sock = sock
+        self.buf = bytearray()
+        self.low = 0
+        self.limits: list[tuple[Any, Any]] = []
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.sock if name == "socket" else default
+
+    def set_write_buffer_limits(self, high: Any = None, low: Any = None) -> None:
+        self.limits.append((high, low))
+        self.high = high
+        self.low = high // 4 if low is None else low
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.buf)
+
+    def write(self, data: Any) -> None:
+        data = bytes(data)
+        self.events.append(("write", data))
+        if not self.buf:
+            try:
+                data = data[self.sock.send(data):]
+            except BlockingIOError:
+                pass
+        self.buf += data
+        if not self.paused and len(self.buf) > self.high:
+            self.paused = True
+            self.listener.pause_writing()
+
+    def drain(self) -> None:
+        while self.buf:
+            try:
+                del self.buf[: self.sock.send(self.buf)]
+            except BlockingIOError:
+                break
+        if self.paused and len(self.buf) <= self.low:
+            self.paused = False
+            self.listener.resume_writing()
+
+
+def _direct_peer(mod: Any, fanout: Any, loop: FakeLoop, sndbuf: int | None = None) -> tuple[Peer, Any]:
+    import socket
+
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    if sndbuf is not None:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sndbuf)
+    p = Peer.__new__(Peer)
+    p.raw = SocketTransport(a)
+    p.transport = WSTransport(False, p.raw, LOGGER, loop)  # type: ignore[call-arg]
+    p.listener = mod.FanoutListener(fanout)
+    p.listener.deflate = False
+    p.raw.listener = p.listener
+    p.listener.attach(p.transport)
+    p.conn = Conn("c", p.listener)
+    return p, b
+
+
+def _read_all(sock: Any) -> bytes:
+    out = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            return bytes(out)
+        if not chunk:
+            return bytes(out)
+        out += chunk
+
+
+def test_direct_writes_go_to_the_socket_not_the_transport() -> None:
+    mod = _compiled()
+    loop = FakeLoop()
+    fanout = mod.Fanout(loop=loop)
+    p, peer = _direct_peer(mod, fanout, loop)
+    try:
+        assert p.listener.direct and p.raw.limits == [(0, None)]
+        mod.broadcast([p.conn], b"one", MESSAGE)
+        mod.broadcast([p.conn], b"two", MESSAGE)
+        p.listener.send_text(b"three")
+        loop.end_iteration()
+        assert _read_all(peer) == frame(1, b"one") + frame(1, b"two") + frame(1, b"three")
+        assert p.raw.events == []  # not one call into the transport's write
+    finally:
+        p.raw.sock.close()
+        peer.close()
+
+
+def test_direct_partial_write_keeps_the_byte_order_through_pause_and_resume() -> None:
+    """The socket takes part of a write: the rest goes to the transport, which pauses
+    the listener at once; later frames queue (messages) or are shed (ephemeral) until
+    the transport has drained, and the stream the peer reads is every message frame
+    in order."""
+    mod = _compiled()
+    loop = FakeLoop()
+    fanout = mod.Fanout(loop=loop)
+    p, peer = _direct_peer(mod, fanout, loop, sndbuf=4096)
+    try:
+        big = [bytes([65 + i]) * 50_000 for i in range(3)]
+        want = b""
+        for payload in big:
+            mod.broadcast([p.conn], payload, MESSAGE)
+            want += frame(1, payload)
+            loop.end_iteration()
+        assert p.listener.paused and p.raw.buf  # the socket took only part of the first
+        assert p.listener.queued_frames == 2
+        p.listener.send_text(b"typing", EPHEMERAL)  # shed while behind
+        assert p.listener.shed == 1
+        got = bytearray()
+        for _ in range(10_000):
+            got += _read_all(peer)
+            p.raw.drain()
+            if len(got) == len(want) and not p.listener.paused and not p.listener.queued_frames:
+                break
+        got += _read_all(peer)
+        assert bytes(got) == want
+        # resumed: direct again
+        n = len(p.raw.events)
+        mod.broadcast([p.conn], b"after", MESSAGE)
+        loop.end_iteration()
+        assert _read_all(peer) == frame(1, b"after") and len(p.raw.events) == n
+    finally:
+        p.raw.sock.close()
+        peer.close()
+
+
+def test_no_direct_writes_without_flow_control_or_socket(impl: Any) -> None:
+    loop, fanout, (p,) = make(impl)
+    p.listener.attach(p.transport)  # fake: no set_write_buffer_limits, fd -1
+    assert p.listener.direct is False

@@ -46,6 +46,7 @@ cdef class FanoutListener(WSListener):
     cdef readonly Py_ssize_t queued_bytes
     cdef readonly Py_ssize_t shed
     cdef public bint deflate     # permessage-deflate negotiated: broadcasts may send RSV1 frames
+    cdef readonly bint direct    # writes send() on the socket while not paused (see attach())
 
     cpdef attach(self, WSTransport transport)
     cpdef flush(self)
@@ -61,6 +62,8 @@ cdef class FanoutListener(WSListener):
     cdef int _put_batch(self, _Batch b, int kind) except -1
     cdef int _leave(self, _Batch b, bint copy) except -1
     cdef int _flush(self) except -1
+    cdef int _write(self, WSTransport t, const char* p, Py_ssize_t n) except -1
+    cdef int _go_direct(self, WSTransport t) except -1
     cdef void _release(self) noexcept
 
 

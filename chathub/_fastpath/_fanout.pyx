@@ -29,9 +29,12 @@ bytes written to every connection, in the same writes, and the same closes.
   that). The
   ``Fanout`` flushes every corked listener once at the end of the iteration (one
   ``loop.call_soon`` per iteration), or a listener at once when its cork reaches
-  ``cork_cap`` bytes. One write (``WSTransport._fast_write``: usually one ``send()``
-  syscall) per connection per iteration, whatever the number of frames.
-* Slow consumers (docs/protocol.md): while the transport is paused (``pause_writing``) or
+  ``cork_cap`` bytes. One write per connection per iteration, whatever the number of
+  frames: on plain TCP one ``send()`` on the socket itself while the transport holds
+  nothing (``attach()`` sets its write-buffer limits to 0, so it pauses the listener the
+  moment it holds a byte), otherwise the transport's write (``WSTransport._fast_write``).
+* Slow consumers (docs/protocol.md): while the transport is paused (``pause_writing``:
+  it holds bytes the socket did not take) or
   frames already wait, MESSAGE frames go to a bounded queue (``max_queue_frames`` frames,
   ``max_queue_bytes`` bytes), EPHEMERAL frames are dropped (``shed``); overflow closes
   the connection with 1013 and aborts it. ``resume_writing`` writes the cork, then the
@@ -51,7 +54,7 @@ import logging
 
 cimport cython
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject, PyTypeObject
 from libc.stdlib cimport free, realloc
@@ -81,6 +84,10 @@ cdef enum:
     _OP_BINARY = 0x2
     _MIN_CORK_ALLOC = 4096
     _PICOWS_WRITE_BUFFER = 128
+
+cdef extern from "sys/socket.h" nogil:
+    ssize_t _c_send "send"(int fd, const void* buf, size_t n, int flags)
+    int _MSG_NOSIGNAL "MSG_NOSIGNAL"
 
 log = logging.getLogger("chathub.ws")
 
@@ -279,11 +286,31 @@ cdef class FanoutListener(WSListener):
         120-byte reason fit; anything bigger grows it again). About 2.4 KB a connection.
         """
         self.transport = transport
+        self.direct = False
         if transport is not None:
             transport.request = None
             transport.response = None
             if transport._write_buffer is not None and transport._write_buffer.capacity > _PICOWS_WRITE_BUFFER:
                 transport._write_buffer = MemoryBuffer(_PICOWS_WRITE_BUFFER)
+            self._go_direct(transport)
+
+    cdef int _go_direct(self, WSTransport t) except -1:
+        """Direct writes: with the transport's write-buffer limits at 0, it pauses us
+        (``pause_writing``, synchronously, inside the write that buffers) as soon as it
+        holds a single byte and resumes us once it holds none. So while not paused its
+        buffer is empty, and a flush may ``send()`` on the socket itself, with no call into
+        the event loop's transport per write (each one costs the kernel more than the call
+        itself: it touches one more cold object per connection). What ``send()`` does not
+        take goes to the transport, which buffers it and pauses us. Plain TCP only (not
+        TLS, not a transport without limits or socket, e.g. the tests' fakes)."""
+        if t.is_secure or t._socket < 0:
+            return 0
+        try:
+            t.underlying_transport.set_write_buffer_limits(0)
+        except Exception:  # not a transport with flow control limits
+            return 0
+        self.direct = True
+        return 0
 
     # ---------------------------------------------------------------- send side
 
@@ -512,15 +539,13 @@ cdef class FanoutListener(WSListener):
         try:
             if self.closing or t is None or t.is_close_frame_sent or t.is_disconnected:
                 return 0
-            if t.underlying_transport.is_closing():
-                return 0  # closed under us (reset): its fd may be gone, the write must not happen
             if pending is not None:
                 if type(pending) is bytes:
-                    t._fast_write(PyBytes_AS_STRING(pending), PyBytes_GET_SIZE(pending))
+                    self._write(t, PyBytes_AS_STRING(pending), PyBytes_GET_SIZE(pending))
                 else:
-                    t._fast_write(_batch_data(<_Batch>pending), (<_Batch>pending).size)
+                    self._write(t, _batch_data(<_Batch>pending), (<_Batch>pending).size)
             else:
-                t._fast_write(buf, n)
+                self._write(t, buf, n)
         except Exception:
             log.warning("write to a WebSocket failed; dropping the connection", exc_info=True)
             self.closing = True
@@ -532,6 +557,30 @@ cdef class FanoutListener(WSListener):
         finally:
             if buf is not NULL:
                 free(buf)
+        return 0
+
+    cdef int _write(self, WSTransport t, const char* p, Py_ssize_t n) except -1:
+        """One write of ``n`` bytes to an open connection.
+
+        Direct (``_go_direct``) and not paused: the transport holds nothing, so ``send()``
+        on the socket keeps the byte order; the rest, if any, goes to the transport. The
+        socket cannot be a reused descriptor: uvloop closes it only after the protocol's
+        ``connection_lost``, which first sets ``is_disconnected`` (checked by the caller);
+        until then a write to a connection that is already closing is harmless (the
+        transport drops what it is handed). Otherwise picows' ``_fast_write`` (which asks
+        the transport for its buffer size), unless the transport is closing."""
+        cdef ssize_t w
+        if self.direct and not self.paused:
+            w = _c_send(t._socket, p, <size_t>n, _MSG_NOSIGNAL)
+            if w == n:
+                return 0
+            if w < 0:
+                w = 0  # EAGAIN, EINTR or an error: the transport's write meets it again
+            t._tr_write(PyBytes_FromStringAndSize(p + w, n - w))
+            return 0
+        if t.underlying_transport.is_closing():
+            return 0  # closed under us (reset): the write must not happen
+        t._fast_write(<char*>p, n)
         return 0
 
     cdef void _release(self) noexcept:

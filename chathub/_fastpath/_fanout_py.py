@@ -124,12 +124,31 @@ class FanoutListener(WSListener):  # type: ignore[misc]
     def corked_bytes(self) -> int:
         return self._corked_size()
 
+    @property
+    def direct(self) -> bool:
+        """The compiled module's ``send()`` straight on the socket; never here: every
+        write goes through the transport."""
+        return False
+
     def attach(self, transport: WSTransport | None) -> None:
         """Take the connection's transport (from ``on_ws_connected``). The compiled
         module also trims picows' per-connection state that is dead after the handshake
         (upgrade request and response, most of the write buffer); Python cannot reach it,
-        and nothing on the wire depends on it."""
+        and nothing on the wire depends on it. Like the compiled module, it sets a plain
+        TCP transport's write-buffer limits to 0, so that ``pause_writing`` means "the
+        transport holds bytes" in both (when frames start to queue, when events are
+        shed)."""
         self.transport = transport
+        if transport is None or transport.is_secure:
+            return
+        tr = transport.underlying_transport
+        try:
+            sock = tr.get_extra_info("socket")
+            if sock is None or sock.fileno() < 0:
+                return
+            tr.set_write_buffer_limits(0)
+        except Exception:  # not a transport with flow control limits
+            return
 
     # ---------------------------------------------------------------- send side
 

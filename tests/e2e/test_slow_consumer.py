@@ -418,8 +418,8 @@ def test_ephemeral_events_are_shed_while_behind_messages_are_kept(server_factory
     room = "shed"
     big = "y" * 8192
     # enough bytes to fill every buffer in the way for sure: the server socket's send
-    # buffer (at most tcp_wmem's maximum), the slow socket's receive buffer and the
-    # transport's 64 KiB high-water mark; what is left waits in the server's queue
+    # buffer (at most tcp_wmem's maximum), the slow socket's receive buffer and what the
+    # transport holds; what is left waits in the server's queue
     prefill = (_tcp_wmem_max() + 512 * 1024) // len(big) + 50
     slow_user, typer, visitor = 12, 11, 13
 
