@@ -63,6 +63,7 @@ from libc.string cimport memcmp, memcpy
 from picows.picows cimport MemoryBuffer, WSCloseCode, WSListener, WSTransport
 
 from chathub._fastpath._frame cimport build_frame
+from chathub._fastpath._slots cimport PyMemberDescr_Type, PyMemberDescrObject, Py_TYPE, T_OBJECT_EX
 
 __all__ = [
     "CLOSE_TIMEOUT", "CORK_CAP", "DEFLATE_THRESHOLD", "EPHEMERAL", "MAX_QUEUED_BYTES", "MESSAGE",
@@ -85,8 +86,14 @@ cdef enum:
     _MIN_CORK_ALLOC = 4096
     _PICOWS_WRITE_BUFFER = 128
 
-cdef extern from "sys/socket.h" nogil:
-    ssize_t _c_send "send"(int fd, const void* buf, size_t n, int flags)
+cdef extern from *:
+    """
+    #include <sys/socket.h>
+    #ifndef MSG_NOSIGNAL  /* macOS: none (Python ignores SIGPIPE anyway) */
+    #define MSG_NOSIGNAL 0
+    #endif
+    """
+    ssize_t _c_send "send"(int fd, const void* buf, size_t n, int flags) nogil
     int _MSG_NOSIGNAL "MSG_NOSIGNAL"
 
 log = logging.getLogger("chathub.ws")
@@ -94,21 +101,6 @@ log = logging.getLogger("chathub.ws")
 cdef object _deque = collections.deque
 cdef object _get_running_loop = asyncio.get_running_loop
 
-
-cdef extern from "Python.h":
-    # CPython's member descriptor (what ``__slots__`` creates): its offset lets the
-    # fan-out read a slot of the hub's ``Conn`` without an attribute lookup.
-    ctypedef struct PyMemberDef:
-        const char* name
-        int type
-        Py_ssize_t offset
-    ctypedef struct PyMemberDescrObject:
-        PyMemberDef* d_member
-    PyTypeObject PyMemberDescr_Type
-    PyTypeObject* Py_TYPE(object o)
-
-cdef extern from "structmember.h":
-    int Py_T_OBJECT_EX "T_OBJECT_EX"
 
 cdef extern from "Python.h":
     ctypedef struct PyListObject:
@@ -616,7 +608,7 @@ cdef Py_ssize_t _slot_offset(object tp, str name) except -2:
             if Py_TYPE(found) is not &PyMemberDescr_Type:
                 return -1
             d = <PyMemberDescrObject*><PyObject*>found
-            if d.d_member.type != Py_T_OBJECT_EX:
+            if d.d_member.type != T_OBJECT_EX:
                 return -1
             return d.d_member.offset
     return -1

@@ -13,6 +13,8 @@ expected plain ``__slots__`` members, so no write can land outside an object.
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 
+from chathub._fastpath._slots cimport PyMemberDescr_Type, PyMemberDescrObject, Py_TYPE, T_OBJECT_EX
+
 import dataclasses
 
 __all__ = ["bind", "new_result", "new_message_init", "NEW_FIELDS", "STORED_FIELDS", "RESULT_FIELDS"]
@@ -23,24 +25,11 @@ STORED_FIELDS = ("tenant_id", "room", "seq", "msg_id", "sender", "text", "ts", "
 RESULT_FIELDS = ("message", "duplicate")
 
 
-cdef extern from "Python.h":
-    ctypedef struct PyMemberDef:
-        const char* name
-        int type
-        Py_ssize_t offset
-    ctypedef struct PyMemberDescrObject:
-        PyMemberDef* d_member
-    PyTypeObject PyMemberDescr_Type
-    PyTypeObject* Py_TYPE(object o)
-
 cdef extern from *:
     """
     static PyObject* chathub_records_alloc(PyTypeObject* tp) { return tp->tp_alloc(tp, 0); }
     """
     object _alloc "chathub_records_alloc"(PyTypeObject* tp)
-
-cdef extern from "structmember.h":
-    int T_OBJECT_EX
 
 
 # bound types (references kept here) and slot offsets
