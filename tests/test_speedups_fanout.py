@@ -129,8 +129,8 @@ class Peer:
     """One connection: a listener of ``mod`` on a WSTransport over a FakeTransport."""
 
     def __init__(self, mod: Any, fanout: Any, loop: FakeLoop, *, gzip: bool = False, high: int = 1 << 62,
-                 deflate: bool = False) -> None:
-        self.raw = FakeTransport(high)
+                 deflate: bool = False, raw: FakeTransport | None = None) -> None:
+        self.raw = FakeTransport(high) if raw is None else raw
         self.transport = WSTransport(False, self.raw, LOGGER, loop)  # type: ignore[call-arg]  # not public API
         self.listener = mod.FanoutListener(fanout)
         self.listener.deflate = deflate
@@ -879,14 +879,8 @@ def _direct_peer(mod: Any, fanout: Any, loop: FakeLoop, sndbuf: int | None = Non
     if sndbuf is not None:
         a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sndbuf)
-    p = Peer.__new__(Peer)
-    p.raw = SocketTransport(a)
-    p.transport = WSTransport(False, p.raw, LOGGER, loop)  # type: ignore[call-arg]
-    p.listener = mod.FanoutListener(fanout)
-    p.listener.deflate = False
-    p.raw.listener = p.listener
+    p = Peer(mod, fanout, loop, raw=SocketTransport(a))
     p.listener.attach(p.transport)
-    p.conn = Conn("c", p.listener)
     return p, b
 
 

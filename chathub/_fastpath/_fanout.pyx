@@ -516,14 +516,21 @@ cdef class FanoutListener(WSListener):
         """Write what is corked in one write; nothing after a close frame or a disconnect."""
         cdef object pending = self._pending
         cdef char* buf = self._cork
+        cdef const char* data = buf
         cdef Py_ssize_t n = self._cork_len
         cdef WSTransport t = self.transport
         if pending is None and buf is NULL:
             return 0
         # take the data out first: the write may call back (pause_writing)
-        if pending is not None and type(pending) is not bytes:
-            # written now: the batch's later frames come one by one
-            self._leave(<_Batch>pending, False)
+        if pending is not None:
+            if type(pending) is bytes:
+                data = PyBytes_AS_STRING(pending)
+                n = PyBytes_GET_SIZE(pending)
+            else:
+                data = _batch_data(<_Batch>pending)
+                n = (<_Batch>pending).size
+                # written now: the batch's later frames come one by one
+                self._leave(<_Batch>pending, False)
         self._pending = None
         self._cork = NULL
         self._cork_len = 0
@@ -531,13 +538,7 @@ cdef class FanoutListener(WSListener):
         try:
             if self.closing or t is None or t.is_close_frame_sent or t.is_disconnected:
                 return 0
-            if pending is not None:
-                if type(pending) is bytes:
-                    self._write(t, PyBytes_AS_STRING(pending), PyBytes_GET_SIZE(pending))
-                else:
-                    self._write(t, _batch_data(<_Batch>pending), (<_Batch>pending).size)
-            else:
-                self._write(t, buf, n)
+            self._write(t, data, n)
         except Exception:
             log.warning("write to a WebSocket failed; dropping the connection", exc_info=True)
             self.closing = True

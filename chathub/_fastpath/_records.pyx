@@ -39,8 +39,7 @@ cdef object _result_type = None
 cdef PyTypeObject* _new_tp = NULL
 cdef PyTypeObject* _stored_tp = NULL
 cdef PyTypeObject* _result_tp = NULL
-# NewMessage: msg_id, sender, text, ts, client_msg_id, reply_to; and all, in NEW_FIELDS order
-cdef Py_ssize_t _n_id, _n_s, _n_x, _n_ts, _n_cid, _n_rt
+# NewMessage, in NEW_FIELDS order
 cdef Py_ssize_t _n_off[8]
 # StoredMessage, in STORED_FIELDS order
 cdef Py_ssize_t _s_off[11]
@@ -71,7 +70,7 @@ cdef int _check(object tp, tuple fields) except -1:
 def bind(new_message, stored_message, append_result):
     """Learn the record types (see the module docstring); TypeError if unusable."""
     global _new_type, _stored_type, _result_type, _new_tp, _stored_tp, _result_tp
-    global _n_id, _n_s, _n_x, _n_ts, _n_cid, _n_rt, _a_msg, _a_dup
+    global _a_msg, _a_dup
     _check(new_message, NEW_FIELDS)
     _check(stored_message, STORED_FIELDS)
     _check(append_result, RESULT_FIELDS)
@@ -80,12 +79,6 @@ def bind(new_message, stored_message, append_result):
         _s_off[i] = _offset(stored_message, STORED_FIELDS[i])
     for i in range(8):
         _n_off[i] = _offset(new_message, NEW_FIELDS[i])
-    _n_id = _offset(new_message, "msg_id")
-    _n_s = _offset(new_message, "sender")
-    _n_x = _offset(new_message, "text")
-    _n_ts = _offset(new_message, "ts")
-    _n_cid = _offset(new_message, "client_msg_id")
-    _n_rt = _offset(new_message, "reply_to")
     _a_msg = _offset(append_result, "message")
     _a_dup = _offset(append_result, "duplicate")
     _new_type, _stored_type, _result_type = new_message, stored_message, append_result
@@ -145,17 +138,21 @@ def new_result(t, r, seq, m):
     (anything with NewMessage's attributes; AttributeError when one is missing)."""
     if _stored_tp is NULL:
         raise RuntimeError("chathub._fastpath._records.bind() was not called")
-    cdef PyObject* p
+    # NewMessage's fields after tenant_id and room (NEW_FIELDS[2:]): sender, text, ts,
+    # msg_id, client_msg_id, reply_to
+    cdef PyObject* v[6]
+    cdef int i
+    cdef bint slots = Py_TYPE(m) is _new_tp
+    if slots:
+        for i in range(6):
+            v[i] = _get(m, _n_off[i + 2])
+            if v[i] is NULL:  # unset slot
+                slots = False
+                break
     cdef object msg_id, sender, text, ts, cid, rt
-    if Py_TYPE(m) is _new_tp and _get(m, _n_id) is not NULL and _get(m, _n_s) is not NULL \
-            and _get(m, _n_x) is not NULL and _get(m, _n_ts) is not NULL \
-            and _get(m, _n_cid) is not NULL and _get(m, _n_rt) is not NULL:
-        msg_id = <object>_get(m, _n_id)
-        sender = <object>_get(m, _n_s)
-        text = <object>_get(m, _n_x)
-        ts = <object>_get(m, _n_ts)
-        cid = <object>_get(m, _n_cid)
-        rt = <object>_get(m, _n_rt)
+    if slots:
+        sender, text, ts = <object>v[0], <object>v[1], <object>v[2]
+        msg_id, cid, rt = <object>v[3], <object>v[4], <object>v[5]
     else:  # (the twin's order, so the same AttributeError comes first)
         msg_id, sender, text, ts, cid, rt = m.msg_id, m.sender, m.text, m.ts, m.client_msg_id, m.reply_to
     sm = _alloc(_stored_tp)

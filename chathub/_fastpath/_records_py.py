@@ -6,8 +6,8 @@ frozen dataclass ``__init__`` goes through ``object.__setattr__`` once per field
 objects are ordinary, equal to ones built by the constructors.
 
 ``bind(new_message, stored_message, append_result)`` hands over the record types
-(``chathub.store.base`` calls it through ``chathub.store._common``; the store package is
-not imported from here, which keeps ``chathub.speedups`` free of import cycles). It
+(``chathub.store.base`` calls it once they are defined; the store package is not
+imported from here, which keeps ``chathub.speedups`` free of import cycles). It
 raises TypeError when a type's fields are not the ones expected or are not plain slots.
 
 ``new_message_init`` is None here: the twin of the compiled ``NewMessage.__init__`` is

@@ -94,7 +94,6 @@ def build_node(cfg: HubConfig) -> Node:
     return Node(cfg, store, broker)
 
 
-
 def freeze_startup_heap() -> None:
     """What start-up made (modules, config, store, server: ~30,000 GC-tracked objects)
     lives as long as the process: out of the cyclic GC's sight, a full collection walks
@@ -103,6 +102,7 @@ def freeze_startup_heap() -> None:
     once its store is open."""
     gc.collect()
     gc.freeze()
+
 
 async def run(cfg: HubConfig, *, ready_file: str | None = None) -> int:
     node = build_node(cfg)

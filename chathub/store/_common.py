@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
+from chathub.speedups import new_result  # noqa: F401  (the stores' result records; bound in .base)
+
 from .base import AppendResult, InvalidMessage, NewMessage, StoredMessage
-from chathub.speedups import new_result
 
 I64_MIN = -(1 << 63)
 I64_MAX = (1 << 63) - 1
@@ -106,11 +107,6 @@ def row_to_message(r) -> StoredMessage:
         edited_at=r[9],
         deleted=bool(r[10]),
     )
-
-
-# ``new_result`` (compiled, or its pure-Python twin; chathub._fastpath._records_py) builds
-# the result of every stored message with the records' slots filled directly (bound to
-# the record types in chathub.store.base).
 
 
 def group_reactions(rows) -> dict[int, dict[str, list[int]]]:
