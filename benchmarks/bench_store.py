@@ -237,7 +237,9 @@ async def bench_sqlite(args, workdir: str) -> dict:
         lat = await open_loop(s, thr["acked_per_s"] / 2, args.seconds, args.rooms, "lat")
     finally:
         await s.close()
-    return {"store": "sqlite", "settings": f"WAL, synchronous=FULL, one worker thread, cache {cache} KiB", "raw": raw,
+    settings = (f"WAL, synchronous=FULL, one worker thread, cache {cache} KiB, max_batch {s._max_batch}, "
+                f"pipeline_min {s._pipeline_min}, gil_switch_interval {s._switch_interval}")
+    return {"store": "sqlite", "settings": settings, "raw": raw,
             "raw_same_size": raw_same, "throughput": thr, "ratio": thr["acked_per_s"] / raw["rows_per_s"],
             "ratio_same_size": thr["acked_per_s"] / raw_same["rows_per_s"], "latency_half_load": lat}
 

@@ -4,7 +4,9 @@ No pytest-asyncio: every test gets its own event loop (uvloop when installed, li
 hub) through the ``loop`` fixture, and runs coroutines with ``run(coro)``, which bounds
 each call with a timeout so no test can hang.
 
-``store`` is parametrised over both implementations: an opened, empty store. The
+``store`` is parametrised over both implementations: an opened, empty store. SQLite runs
+twice: with its defaults, and with groups of at most 8 of which two may be in flight
+("sqlite-pipelined"), so that the suite's concurrent tests cross group boundaries. The
 PostgreSQL half needs ``CHATHUB_TEST_POSTGRES_DSN`` (e.g.
 ``postgresql://postgres@127.0.0.1:5432/postgres``) and is skipped only when it is unset;
 each test gets a fresh schema in that database, dropped afterwards.
@@ -87,7 +89,12 @@ class StoreFactory:
         self.stores: list = []
 
     def build(self, **kw):
-        if self.kind == "sqlite":
+        if self.kind == "sqlite-pipelined":
+            # small groups, and a second group in flight as soon as two appends wait:
+            # the whole suite also runs with the worker's two-groups-in-flight path
+            kw.setdefault("max_batch", 8)
+            kw.setdefault("pipeline_min", 2)
+        if self.kind.startswith("sqlite"):
             return SqliteMessageStore(self.path, **kw)
         kw.setdefault("schema", self.schema)
         return PostgresMessageStore(self.dsn, **kw)
@@ -105,7 +112,7 @@ class StoreFactory:
             await drop_schema(self.dsn, self.schema)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "sqlite-pipelined", "postgres"])
 def store_factory(request, run, tmp_path):
     kind = request.param
     dsn = None

@@ -110,7 +110,7 @@ def test_upgrade_to_0002_keeps_stored_client_msg_ids_idempotent(store_factory, r
 
 
 async def _client_msg_id_index_columns(factory) -> list[str]:
-    if factory.kind == "sqlite":
+    if factory.kind.startswith("sqlite"):
         import sqlite3
 
         db = sqlite3.connect(factory.path)
