@@ -914,6 +914,34 @@ def test_direct_writes_go_to_the_socket_not_the_transport() -> None:
         peer.close()
 
 
+def test_direct_writes_stop_at_a_close_frame_picows_sent_itself() -> None:
+    """picows sends close frames of its own (protocol errors, ping timeouts) straight on
+    the transport; a direct write must not put a frame after one, nor after the
+    disconnect (``release``)."""
+    from picows import WSCloseCode
+
+    mod = _compiled()
+    loop = FakeLoop()
+    fanout = mod.Fanout(loop=loop)
+    p, peer = _direct_peer(mod, fanout, loop)
+    q, qpeer = _direct_peer(mod, fanout, loop)
+    try:
+        mod.broadcast([p.conn, q.conn], b"before", MESSAGE)
+        loop.end_iteration()
+        p.transport.send_close(WSCloseCode.PROTOCOL_ERROR)
+        mod.broadcast([p.conn, q.conn], b"after", MESSAGE)
+        loop.end_iteration()
+        assert _read_all(peer) == frame(1, b"before") + close_frame(1002, "")
+        assert _read_all(qpeer) == frame(1, b"before") + frame(1, b"after")
+        q.listener.release()  # what on_ws_disconnected does
+        mod.broadcast([q.conn], b"gone", MESSAGE)
+        loop.end_iteration()
+        assert _read_all(qpeer) == b""
+    finally:
+        for s in (p.raw.sock, peer, q.raw.sock, qpeer):
+            s.close()
+
+
 def test_direct_partial_write_keeps_the_byte_order_through_pause_and_resume() -> None:
     """The socket takes part of a write: the rest goes to the transport, which pauses
     the listener at once; later frames queue (messages) or are shed (ephemeral) until

@@ -47,6 +47,7 @@ cdef class FanoutListener(WSListener):
     cdef readonly Py_ssize_t shed
     cdef public bint deflate     # permessage-deflate negotiated: broadcasts may send RSV1 frames
     cdef readonly bint direct    # writes send() on the socket while not paused (see attach())
+    cdef int _fd                 # the socket, when direct (a copy of the transport's)
 
     cpdef attach(self, WSTransport transport)
     cpdef flush(self)
@@ -62,7 +63,7 @@ cdef class FanoutListener(WSListener):
     cdef int _put_batch(self, _Batch b, int kind) except -1
     cdef int _leave(self, _Batch b, bint copy) except -1
     cdef int _flush(self) except -1
-    cdef int _write(self, WSTransport t, const char* p, Py_ssize_t n) except -1
+    cdef int _write(self, const char* p, Py_ssize_t n) except -1
     cdef int _go_direct(self, WSTransport t) except -1
     cdef void _release(self) noexcept
 

@@ -301,6 +301,7 @@ cdef class FanoutListener(WSListener):
             t.underlying_transport.set_write_buffer_limits(0)
         except Exception:  # not a transport with flow control limits
             return 0
+        self._fd = t._socket
         self.direct = True
         return 0
 
@@ -518,7 +519,7 @@ cdef class FanoutListener(WSListener):
         cdef char* buf = self._cork
         cdef const char* data = buf
         cdef Py_ssize_t n = self._cork_len
-        cdef WSTransport t = self.transport
+        cdef WSTransport t
         if pending is None and buf is NULL:
             return 0
         # take the data out first: the write may call back (pause_writing)
@@ -536,15 +537,21 @@ cdef class FanoutListener(WSListener):
         self._cork_len = 0
         self._cork_alloc = 0
         try:
-            if self.closing or t is None or t.is_close_frame_sent or t.is_disconnected:
+            # (the transport's flags are read in place, without a reference taken: the
+            # direct path touches no other part of it)
+            if self.closing or self.transport is None:
                 return 0
-            self._write(t, data, n)
+            if self.transport.is_close_frame_sent or self.transport.is_disconnected:
+                return 0
+            self._write(data, n)
         except Exception:
             log.warning("write to a WebSocket failed; dropping the connection", exc_info=True)
             self.closing = True
             self._release()
+            t = self.transport
             try:
-                t.disconnect(False)
+                if t is not None:
+                    t.disconnect(False)
             except Exception:
                 pass
         finally:
@@ -552,7 +559,7 @@ cdef class FanoutListener(WSListener):
                 free(buf)
         return 0
 
-    cdef int _write(self, WSTransport t, const char* p, Py_ssize_t n) except -1:
+    cdef int _write(self, const char* p, Py_ssize_t n) except -1:
         """One write of ``n`` bytes to an open connection.
 
         Direct (``_go_direct``) and not paused: the transport holds nothing, so ``send()``
@@ -563,14 +570,17 @@ cdef class FanoutListener(WSListener):
         transport drops what it is handed). Otherwise picows' ``_fast_write`` (which asks
         the transport for its buffer size), unless the transport is closing."""
         cdef ssize_t w
+        cdef WSTransport t
         if self.direct and not self.paused:
-            w = _c_send(t._socket, p, <size_t>n, _MSG_NOSIGNAL)
+            w = _c_send(self._fd, p, <size_t>n, _MSG_NOSIGNAL)
             if w == n:
                 return 0
             if w < 0:
                 w = 0  # EAGAIN, EINTR or an error: the transport's write meets it again
+            t = self.transport
             t._tr_write(PyBytes_FromStringAndSize(p + w, n - w))
             return 0
+        t = self.transport
         if t.underlying_transport.is_closing():
             return 0  # closed under us (reset): the write must not happen
         t._fast_write(<char*>p, n)
