@@ -4,16 +4,17 @@ Group commit
     Appends are spread over ``writers`` lanes (default 1) by hash of (tenant, room); one
     room always uses the same lane. A lane starts a group (at most ``max_batch``
     appends) whenever appends are queued and fewer than ``pipeline`` (default 2) of its
-    groups are in flight, each on its own connection. A group is ONE statement, run
-    outside an explicit transaction (so it is one transaction, with no BEGIN/COMMIT
-    round trips)::
+    groups are in flight, each on its own connection. A group is ``BEGIN``, ONE
+    statement that does all of its work, and ``COMMIT`` (the explicit transaction lets
+    the store read the transaction id before COMMIT, see "Outages and lost replies",
+    and lets the next group send its statement while this one commits)::
 
         WITH c AS (INSERT INTO rooms … ORDER BY tenant_id, room
                    ON CONFLICT DO UPDATE SET last_seq = rooms.last_seq + n RETURNING …),
              ins AS (INSERT INTO messages SELECT … c.last_seq - k … FROM unnest(…) JOIN c)
         SELECT c.*, (SELECT count(*) FROM ins)
 
-    Its reply comes after the commit (synchronous_commit as configured on the server).
+    The ack comes after COMMIT's reply (synchronous_commit as configured on the server).
     The upsert creates a missing counter row (rooms are auto-created on first use) and
     otherwise takes its row lock, so every group of every process writing to the
     database allocates seq ranges of a room one after the other: no gaps, no
@@ -146,7 +147,7 @@ _PRECHECK_IDS = (
     f"CROSS JOIN LATERAL (SELECT {MSG_COLS} FROM messages WHERE tenant_id = k.t AND msg_id = k.id LIMIT 1) AS m"
 )
 
-# One statement, so one transaction (no BEGIN/COMMIT round trips): allocate the
+# One statement does all of a group's work (between BEGIN and COMMIT): allocate the
 # group's seq ranges and insert its rows. The upsert creates a missing counter row and
 # otherwise takes its row lock (in (tenant_id, room) order, so concurrent groups cannot
 # deadlock) and moves last_seq on by the room's count.
