@@ -628,6 +628,7 @@ class PostgresMessageStore:
         pid = conn.get_server_pid()
         out: list[Any] = [None] * len(msgs)
         per_room: dict[tuple[int, str], list[int]] = {}
+        last: dict[tuple[int, str], int] | None = None  # per room: last_seq after the group
         try:
             existing_key: dict[tuple, StoredMessage] = {}
             existing_id: dict[tuple, StoredMessage] = {}
@@ -690,12 +691,9 @@ class PostgresMessageStore:
                 xid = rows[0][3]
                 if rows[0][4] != total or len(rows) != len(per_room):
                     raise StoreError(f"internal: inserted {rows[0][4]} of {total}")
+                # the results are built after COMMIT: until it returns this group holds
+                # its rooms' counter rows, and the next group of the lane waits for them
                 last = {(row[0], row[1]): row[2] for row in rows}
-                for (t, r), idxs in per_room.items():
-                    seq = last[(t, r)] - len(idxs)
-                    for i in idxs:
-                        seq += 1
-                        out[i] = new_result(t, r, seq, msgs[i])
                 state = "commit"
                 if batch and not g.written.done():
                     g.written.set_result(None)  # the next group may take the counter rows now
@@ -745,6 +743,12 @@ class PostgresMessageStore:
                 lane.conns.append((pool, conn))
             else:
                 await _release(pool, conn)
+        if last is not None:  # committed (or settled as committed after a lost reply)
+            for (t, r), idxs in per_room.items():
+                seq = last[(t, r)] - len(idxs)
+                for i in idxs:
+                    seq += 1
+                    out[i] = new_result(t, r, seq, msgs[i])
         if sum(map(len, per_room.values())) != len(msgs):  # some were not stored anew
             for i, v in enumerate(out):
                 if type(v) is int:
