@@ -9,37 +9,13 @@ handed over, and that the process-wide switch interval is always put back.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import sys
 
 from pytest import approx
 
 from chathub.store import SqliteMessageStore
 from chathub.store.base import NewMessage
-
-_n = itertools.count(1)
-
-
-def nm(room: str, sender: int = 1, text: str | None = None, *, cid: str | None = None) -> NewMessage:
-    n = next(_n)
-    return NewMessage(
-        tenant_id=1, room=room, sender=sender, text=text or f"message {n}", ts=1_700_000_000_000 + n,
-        msg_id=f"pm{n}", client_msg_id=cid,
-    )
-
-
-async def all_history(store: SqliteMessageStore, room: str) -> list:
-    out, after = [], 0
-    while True:
-        page = await store.history(1, room, after_seq=after, limit=100)
-        out += page.messages
-        if not page.has_more:
-            return out
-        after = page.messages[-1].seq
-
-
-def seqs(msgs) -> list[int]:
-    return [m.seq for m in msgs]
+from test_conformance import all_history, nm, seqs  # (conftest puts this folder on sys.path)
 
 
 def _store(tmp_path, **kw) -> SqliteMessageStore:
