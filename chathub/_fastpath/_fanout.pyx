@@ -137,6 +137,15 @@ cdef inline char* _batch_data(_Batch b) noexcept:
     return b.buf if b.buf is not NULL else PyBytes_AS_STRING(b.first)
 
 
+cdef inline char* _pending_data(object pending, Py_ssize_t* size) noexcept:
+    """The bytes of a cork held by reference (``_pending``: one frame or a batch)."""
+    if type(pending) is bytes:
+        size[0] = PyBytes_GET_SIZE(pending)
+        return PyBytes_AS_STRING(pending)
+    size[0] = (<_Batch>pending).size
+    return _batch_data(<_Batch>pending)
+
+
 @cython.final
 cdef class _Batch:
     """Frames of broadcasts to one list of connections in one loop iteration, held by
@@ -495,13 +504,8 @@ cdef class FanoutListener(WSListener):
             self._leave(<_Batch>pending, True)
         need = self._corked_size() + n
         if self._cork is NULL:
-            pending = self._pending  # (still the batch if it was closed instead)
-            if type(pending) is bytes:
-                pdata = PyBytes_AS_STRING(pending)
-                plen = PyBytes_GET_SIZE(pending)
-            else:
-                pdata = _batch_data(<_Batch>pending)
-                plen = (<_Batch>pending).size
+            # (still the batch if it was closed instead)
+            pdata = _pending_data(self._pending, &plen)
             p = _reserve(NULL, &self._cork_alloc, need)
             memcpy(p, pdata, plen)
             self._cork = p
@@ -524,12 +528,8 @@ cdef class FanoutListener(WSListener):
             return 0
         # take the data out first: the write may call back (pause_writing)
         if pending is not None:
-            if type(pending) is bytes:
-                data = PyBytes_AS_STRING(pending)
-                n = PyBytes_GET_SIZE(pending)
-            else:
-                data = _batch_data(<_Batch>pending)
-                n = (<_Batch>pending).size
+            data = _pending_data(pending, &n)
+            if type(pending) is not bytes:
                 # written now: the batch's later frames come one by one
                 self._leave(<_Batch>pending, False)
         self._pending = None

@@ -219,14 +219,13 @@ _switch_holders = 0
 _switch_saved = 0.005
 
 
-def _hold_fast_switch(interval: float) -> bool:
+def _hold_fast_switch(interval: float) -> None:
     global _switch_holders, _switch_saved
     with _switch_lock:
         if _switch_holders == 0:
             _switch_saved = sys.getswitchinterval()
         _switch_holders += 1
         sys.setswitchinterval(min(interval, _switch_saved))
-    return True
 
 
 def _release_fast_switch() -> None:
@@ -300,7 +299,7 @@ class SqliteMessageStore:
         migrate: bool = True,
         busy_timeout_ms: int = 5000,
         max_batch: int = 512,
-        pipeline_min: int = 128,
+        pipeline_min: int | None = 128,
         gil_switch_interval: float | None = 1e-4,
         cache_kib: int | None = 16384,
         wal_autocheckpoint: int = 10000,
@@ -366,9 +365,7 @@ class SqliteMessageStore:
             await asyncio.wait_for(asyncio.shield(self._stopped), timeout=60)
         except asyncio.TimeoutError:  # worker stuck in a busy wait; it is a daemon thread
             pass
-        if self._fast_switch:  # only if a group was never answered (worker stuck)
-            self._fast_switch = False
-            _release_fast_switch()
+        self._drop_fast_switch()  # only still held if a group was never answered (worker stuck)
 
     @property
     def available(self) -> bool:
@@ -525,6 +522,12 @@ class SqliteMessageStore:
         """(loop) May a second group go to the worker while one runs?"""
         return self._busy == 1 and self._pipeline_min is not None and len(self._pending) >= self._pipeline_min
 
+    def _drop_fast_switch(self) -> None:
+        """(loop) Give the short switch interval back, if this store holds it."""
+        if self._fast_switch:
+            self._fast_switch = False
+            _release_fast_switch()
+
     def _schedule_dispatch(self) -> None:
         # call_soon: the group forms after the callbacks already queued in this loop
         # iteration, so every append made in it (e.g. by the callers the last group
@@ -556,7 +559,8 @@ class SqliteMessageStore:
         if self._busy == 2:
             self.stats["pipelined"] += 1
             if self._switch_interval is not None and not self._fast_switch:
-                self._fast_switch = _hold_fast_switch(self._switch_interval)
+                _hold_fast_switch(self._switch_interval)
+                self._fast_switch = True
         self._jobs.put(group)
         if self._may_pipeline():  # a backlog bigger than one group: the next one too
             self._schedule_dispatch()
@@ -565,9 +569,8 @@ class SqliteMessageStore:
         """(loop) The worker is done with ``group``: ``results`` per append, or None when
         the planned statements committed (results are built here from the plan)."""
         self._busy -= 1
-        if not self._busy and self._fast_switch:
-            self._fast_switch = False
-            _release_fast_switch()
+        if not self._busy:
+            self._drop_fast_switch()
         if results is None:
             out = group.out
             msgs = group.msgs
