@@ -29,8 +29,8 @@ Scenarios (full size; ``--quick`` shrinks them to a few seconds each):
   (50 bursts/s): at least 16 frames queued per connection at once, the case the
   ``c-floor-batch16`` cost is the bar for.
 
-Figures, per server and scenario: server CPU µs per delivered message (utime+stime from
-/proc/PID/stat over the measured window only: first measured publish → last expected
+Figures, per server and scenario: server CPU µs per delivered message (the process CPU
+clock, or utime+stime from /proc/PID/stat, over the measured window only: first measured publish → last expected
 delivery), deliveries/s, end-to-end latency p50/p99/p99.9 (send time stamped in the
 message, measured by the receivers), RSS per connection (VmRSS delta / connections).
 Writes ``fanout.json``, ``fanout.md`` and ``fanout.png`` (``fanout-quick.*`` with
@@ -109,8 +109,9 @@ class Prepared:
     """How to start one server: argv, environment, load generator dialect."""
 
     def __init__(self, name: str, argv: list[str], proto: str, env: dict[str, str] | None = None,
-                 version: str = "", needs_data_dir: bool = False) -> None:
+                 version: str = "", needs_data_dir: bool = False, cwd: str = ROOT) -> None:
         self.name = name
+        self.cwd = cwd
         self.argv = argv
         self.proto = proto
         self.env = env or {}
@@ -240,7 +241,7 @@ class Server:
         argv = [a.replace("{port}", str(self.port)) for a in prep.argv]
         self.logfh = open(self.logpath, "w")
         self.proc = subprocess.Popen(argv, stdout=self.logfh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, cwd=ROOT, preexec_fn=_server_preexec)
+                                     env=env, cwd=prep.cwd, preexec_fn=_server_preexec)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

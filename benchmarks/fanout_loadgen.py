@@ -360,17 +360,53 @@ async def run(cfg: dict[str, Any]) -> dict[str, Any]:
     await quiesce(max_s=10, quiet_s=0.3)
     out.update(warmup_messages=wn, warmup_drained=warm_ok)
 
-    # measured window: server CPU from the first measured publish to the last delivery
+    if cfg.get("rounds"):
+        # interleaved mode (bench_interleaved.py): report readiness, then measure one
+        # window per "measure" line on stdin until "quit" (or EOF)
+        emit({"ready": True, **out})
+        loop = asyncio.get_running_loop()
+        while True:
+            line = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
+            if not line or line == "quit":
+                break
+            if line == "measure":
+                emit(await measure_window(cfg, pid, pubs, expected, rate, burst))
+        return {"done": True}
+    out.update(await measure_window(cfg, pid, pubs, expected, rate, burst))
+    return out
+
+
+def emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def cpu_clock(pid: int) -> int | None:
+    """The process-wide CPU clock of ``pid`` (all its threads, ns resolution; Linux's
+    CPUCLOCK_SCHED of the process), or None where it cannot be read."""
+    try:
+        return time.clock_gettime_ns(((~pid) << 3) | 2)
+    except (OSError, OverflowError):
+        return None
+
+
+async def measure_window(cfg: dict[str, Any], pid: int, pubs: list[Client], expected: Any, rate: float,
+                         burst: int) -> dict[str, Any]:
+    """One measured window: server CPU from the first measured publish to the last delivery."""
+    LAT[:] = array("q")
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     scpu = cfg.get("server_cpu", 0)
     k0 = cpu_times(scpu)
     d0 = C[0] + C[1]
+    m0 = C[0]
+    n0 = cpu_clock(pid)
     c0, t0 = proc_cpu_s(pid), time.monotonic()
     n_msgs = await publish_phase(pubs, rate, cfg["seconds"], b"M", burst)
     t_pub = time.monotonic()
     exp = expected(n_msgs)
-    drained = await wait_count(0, exp, cfg.get("drain_timeout", 20.0))
+    drained = await wait_count(0, m0 + exp, cfg.get("drain_timeout", 20.0))
     c1, t1 = proc_cpu_s(pid), time.monotonic()
+    n1 = cpu_clock(pid)
     k1 = cpu_times(scpu)
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     busy, softirq = cpu_share(k0, k1)
@@ -379,14 +415,16 @@ async def run(cfg: dict[str, Any]) -> dict[str, Any]:
     # server still works off warm-up messages in the window, and those count too
     in_window = C[0] + C[1] - d0
     cpu = c1 - c0
+    if n0 is not None and n1 is not None:
+        cpu = (n1 - n0) / 1e9  # the same quantity, without /proc/PID/stat's clock-tick granularity
     wall = t1 - t0
     lat = sorted(LAT)
     lg_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
-    out.update(
-        publishers=len(pubs), rate=rate, messages=n_msgs, expected_deliveries=exp, delivered=C[0],
+    return dict(
+        publishers=len(pubs), rate=rate, messages=n_msgs, expected_deliveries=exp, delivered=C[0] - m0,
         delivered_in_window=in_window,
         drained=drained, publish_s=round(t_pub - t0, 3), drain_s=round(t1 - t_pub, 3), window_s=round(wall, 3),
-        server_cpu_s=round(cpu, 3), server_cpu_pct=round(100 * cpu / wall, 1),
+        server_cpu_s=round(cpu, 4), server_cpu_pct=round(100 * cpu / wall, 1),
         cpu_us_per_delivery=round(cpu * 1e6 / in_window, 3) if in_window else None,
         deliveries_per_s=round(in_window / wall, 1),
         offered_deliveries_per_s=round(exp / (t_pub - t0), 1),
@@ -397,7 +435,6 @@ async def run(cfg: dict[str, Any]) -> dict[str, Any]:
         server_cpu_others_pct=round(max(0.0, busy - softirq - 100 * cpu / wall), 1),
         publish_error_samples=dict(ERRORS.most_common(3)),
     )
-    return out
 
 
 def main() -> None:
@@ -415,8 +452,7 @@ def main() -> None:
         result = uvloop.run(asyncio.wait_for(run(cfg), cfg.get("hard_timeout", 900)))
     except Exception as e:  # noqa: BLE001 - reported to the orchestrator
         result = {"server": cfg.get("server"), "scenario": cfg.get("scenario"), "error": f"{type(e).__name__}: {e}"}
-    sys.stdout.write(json.dumps(result) + "\n")
-    sys.stdout.flush()
+    emit(result)
     os._exit(0)  # do not spend time closing 20,000 sockets one by one
 
 
