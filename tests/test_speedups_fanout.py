@@ -942,6 +942,122 @@ def test_direct_writes_stop_at_a_close_frame_picows_sent_itself() -> None:
             s.close()
 
 
+def _client_frame(op: int, payload: bytes) -> bytes:
+    """A masked client-to-server frame (payload under 126 bytes)."""
+    mask = b"\x11\x22\x33\x44"
+    return bytes((0x80 | op, 0x80 | len(payload))) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def _split_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of each unmasked server frame in ``data``; the tail must be whole."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        op, n = data[pos] & 0x0F, data[pos + 1] & 0x7F
+        pos += 2
+        if n == 126:
+            n, pos = struct.unpack_from("!H", data, pos)[0], pos + 2
+        elif n == 127:
+            n, pos = struct.unpack_from("!Q", data, pos)[0], pos + 8
+        out.append((op, data[pos:pos + n]))
+        pos += n
+    assert pos == len(data), "a partial frame at the end"
+    return out
+
+
+def test_on_uvloop_the_listener_stands_in_for_picows_protocol() -> None:
+    """On uvloop a direct listener becomes the socket transport's protocol, in front of
+    picows': received frames still reach ``on_ws_frame``. When picows answers a client's
+    protocol error with a close frame of its own (inside ``buffer_updated``), nothing
+    the fan-out writes afterwards follows that frame onto the wire, although a flush no
+    longer reads the transport's flags; and the disconnect releases the listener even
+    when ``on_ws_disconnected`` does not."""
+    import asyncio
+    import base64
+    import os
+
+    import uvloop
+    from picows import ws_create_server
+
+    mod = _compiled()
+
+    async def go() -> tuple[bytes, list[bytes], bool, bool]:
+        loop = asyncio.get_running_loop()
+        fanout = mod.Fanout(loop=loop)
+        side: list[Any] = []
+        received: list[bytes] = []
+        gone: list[asyncio.Future[None]] = [loop.create_future(), loop.create_future()]
+        conns: list[Any] = []
+
+        class Server(mod.FanoutListener):  # type: ignore[misc, name-defined]
+            def on_ws_connected(self, transport: Any) -> None:
+                self.attach(transport)
+                side.append(self)
+
+            def on_ws_frame(self, transport: Any, frame: Any) -> None:
+                received.append(frame.get_payload_as_bytes())
+
+            def on_ws_disconnected(self, transport: Any) -> None:
+                gone[side.index(self)].set_result(None)  # (no release() here, on purpose)
+
+            def buffer_updated(self, nbytes: int) -> None:
+                super().buffer_updated(nbytes)
+                if self.transport.is_close_frame_sent and conns:
+                    # within the same callback, long before picows' own disconnect
+                    mod.broadcast(conns, b"after", MESSAGE)
+                    fanout.flush()
+
+        # (as chathub's server: uvloop's own transports, not aiofastnet's)
+        server = await ws_create_server(lambda r: Server(fanout), "127.0.0.1", 0, use_aiofastnet=False)
+        port = server.sockets[0].getsockname()[1]
+
+        async def client() -> tuple[Any, Any, Any]:
+            n = len(side)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            key = base64.b64encode(os.urandom(16)).decode()
+            writer.write((f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: "
+                          f"Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 101"), head
+            while len(side) == n:
+                await asyncio.sleep(0.001)
+            return reader, writer, side[n]
+
+        # a client that just goes away: the disconnect alone stops the writes
+        _, w2, s2 = await client()
+        w2.close()
+        await asyncio.wait_for(gone[0], 5)
+        released = s2.closing
+        mod.broadcast([Conn("c2", s2)], b"to nobody", MESSAGE)
+        fanout.flush()
+
+        reader, writer, s = await client()
+        hooked = s.direct and s.transport.underlying_transport.get_protocol() is s
+        conns.append(Conn("c", s))
+        writer.write(_client_frame(0x1, b"hello"))
+        for _ in range(500):
+            if received:
+                break
+            await asyncio.sleep(0.01)
+        mod.broadcast(conns, b"before", MESSAGE)
+        await asyncio.sleep(0.05)  # flushed at the end of this iteration
+        writer.write(_client_frame(0x3, b""))  # opcode 3 is reserved: picows closes with 1002
+        data = await asyncio.wait_for(reader.read(), 5)  # until picows disconnects
+        await asyncio.wait_for(gone[1], 5)
+        writer.close()
+        server.close()
+        return data, received, hooked, released
+
+    data, received, hooked, released = uvloop.run(go())
+    assert hooked
+    assert received == [b"hello"]
+    frames = _split_frames(data)
+    assert frames[0] == (0x1, b"before")
+    assert [op for op, _ in frames[1:]] == [0x8], frames  # the close frame, and nothing after it
+    assert struct.unpack("!H", frames[1][1][:2])[0] == 1002
+    assert released
+
+
 def test_direct_partial_write_keeps_the_byte_order_through_pause_and_resume() -> None:
     """The socket takes part of a write: the rest goes to the transport, which pauses
     the listener at once; later frames queue (messages) or are shed (ephemeral) until

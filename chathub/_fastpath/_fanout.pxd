@@ -48,6 +48,8 @@ cdef class FanoutListener(WSListener):
     cdef public bint deflate     # permessage-deflate negotiated: broadcasts may send RSV1 frames
     cdef readonly bint direct    # writes send() on the socket while not paused (see attach())
     cdef int _fd                 # the socket, when direct (a copy of the transport's)
+    cdef object _proto           # picows' protocol, when this listener stands in for it as
+                                 # the uvloop transport's protocol (see _go_direct), or None
 
     cpdef attach(self, WSTransport transport)
     cpdef flush(self)

@@ -303,16 +303,68 @@ cdef class FanoutListener(WSListener):
         the event loop's transport per write (each one costs the kernel more than the call
         itself: it touches one more cold object per connection). What ``send()`` does not
         take goes to the transport, which buffers it and pauses us. Plain TCP only (not
-        TLS, not a transport without limits or socket, e.g. the tests' fakes)."""
+        TLS, not a transport without limits or socket, e.g. the tests' fakes).
+
+        On uvloop the listener also becomes the transport's protocol, in front of
+        picows' (``get_buffer``, ``buffer_updated``, ``connection_lost`` and
+        ``eof_received`` are handed on to it). A direct write must never follow a close
+        frame or the disconnect. The close frames picows sends of its own accord (a
+        protocol error of the client, an exception out of a listener callback) are all
+        sent while it processes received bytes, inside ``buffer_updated``; the disconnect
+        reaches picows through ``connection_lost``. Standing in front of both, the
+        listener learns of each at once and stops writing, so a flush need not read the
+        transport's flags: one cold object fewer per recipient. Elsewhere (asyncio's
+        transports) a flush reads them."""
         if t.is_secure or t._socket < 0:
             return 0
+        ut = t.underlying_transport
         try:
-            t.underlying_transport.set_write_buffer_limits(0)
+            ut.set_write_buffer_limits(0)
         except Exception:  # not a transport with flow control limits
             return 0
         self._fd = t._socket
         self.direct = True
+        if type(ut).__module__.startswith("uvloop"):
+            proto = ut.get_protocol()
+            if proto is not None and not self.closing:
+                self._proto = proto
+                ut.set_protocol(self)
         return 0
+
+    # ---------------------------------------------------- the transport's protocol (uvloop)
+
+    def get_buffer(self, Py_ssize_t size_hint):
+        """(uvloop) Handed on to picows' protocol; see ``_go_direct``."""
+        return self._proto.get_buffer(size_hint)
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        """(uvloop) Handed on to picows' protocol; if picows sent a close frame while it
+        processed these bytes, nothing more is written (see ``_go_direct``)."""
+        cdef WSTransport t
+        try:
+            self._proto.buffer_updated(nbytes)
+        finally:
+            t = self.transport
+            if t is not None and t.is_close_frame_sent and not self.closing:
+                self.closing = True
+                self._release()
+
+    def eof_received(self):
+        """(uvloop) Handed on to picows' protocol."""
+        return self._proto.eof_received()
+
+    def connection_lost(self, exc):
+        """(uvloop) Handed on to picows' protocol (which calls ``on_ws_disconnected``);
+        nothing is written after it, whatever that callback does (uvloop closes the socket
+        right after)."""
+        proto = self._proto
+        try:
+            if proto is not None:
+                proto.connection_lost(exc)
+        finally:
+            self.closing = True
+            self._release()
+            self._proto = None
 
     # ---------------------------------------------------------------- send side
 
@@ -541,8 +593,8 @@ cdef class FanoutListener(WSListener):
             # direct path touches no other part of it)
             if self.closing or self.transport is None:
                 return 0
-            if self.transport.is_close_frame_sent or self.transport.is_disconnected:
-                return 0
+            if self._proto is None and (self.transport.is_close_frame_sent or self.transport.is_disconnected):
+                return 0  # (standing in for picows' protocol, the listener knows already)
             self._write(data, n)
         except Exception:
             log.warning("write to a WebSocket failed; dropping the connection", exc_info=True)
@@ -565,8 +617,8 @@ cdef class FanoutListener(WSListener):
         Direct (``_go_direct``) and not paused: the transport holds nothing, so ``send()``
         on the socket keeps the byte order; the rest, if any, goes to the transport. The
         socket cannot be a reused descriptor: uvloop closes it only after the protocol's
-        ``connection_lost``, which first sets ``is_disconnected`` (checked by the caller);
-        until then a write to a connection that is already closing is harmless (the
+        ``connection_lost``, which first sets ``is_disconnected`` (checked by the caller)
+        or, where the listener is the protocol, ``closing``; until then a write to a connection that is already closing is harmless (the
         transport drops what it is handed). Otherwise picows' ``_fast_write`` (which asks
         the transport for its buffer size), unless the transport is closing."""
         cdef ssize_t w
