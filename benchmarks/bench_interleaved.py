@@ -219,7 +219,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3.0, help="length of one window's publishing")
     ap.add_argument("--quick", action="store_true", help="the scenario's quick size (development)")
     ap.add_argument("--out", default=os.path.join(bf.HERE, "results", "interleaved"))
+    ap.add_argument("--report-only", metavar="JSON", help="only redo the summary and Markdown of an earlier run")
     args = ap.parse_args(argv)
+    if args.report_only:
+        with open(args.report_only) as fh:
+            doc = json.load(fh)
+        doc["summary"] = summarize(doc)
+        with open(args.report_only, "w") as fh:
+            json.dump(doc, fh, indent=1)
+        md = markdown(doc)
+        with open(os.path.join(os.path.dirname(args.report_only), "interleaved.md"), "w") as fh:
+            fh.write(md)
+        print(md)
+        return 0
     base = args.baseline or args.servers[0]
     if base not in args.servers:
         ap.error(f"--baseline {base} is not among --servers")
