@@ -181,3 +181,94 @@ def test_a_burst_of_sends_is_one_store_group_and_a_read_after_it_sees_them(tmp_p
         await node.store.close()
 
     asyncio.run(go())
+
+
+class AwaitedBroker:
+    """An in-process broker whose publish must be awaited (no ``publish_nowait``), as a
+    network broker's: the node publishes and acks from a task then. ``fail`` makes every
+    publish raise BrokerUnavailable."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.inner = MemoryBroker()
+        self.fail = fail
+        self.published: list[str] = []
+
+    def set_handler(self, handler) -> None:
+        self.inner.set_handler(handler)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        from chathub.broker.base import BrokerUnavailable
+
+        await asyncio.sleep(0.001)  # a round trip
+        if self.fail:
+            raise BrokerUnavailable("down")
+        self.published.append(channel)
+        self.inner.publish_nowait(channel, payload)
+
+    def subscribe(self, channel: str) -> None:
+        self.inner.subscribe(channel)
+
+    def unsubscribe(self, channel: str) -> None:
+        self.inner.unsubscribe(channel)
+
+
+def test_with_a_broker_that_must_be_awaited_the_ack_follows_the_publish(tmp_path):
+    async def go():
+        broker = AwaitedBroker()
+        node = Node(HubConfig(jwt_secret=SECRET), SqliteMessageStore(str(tmp_path / "db.sqlite3")), broker)
+        await node.store.open()
+        a, b, ca, _ = await two_in_room(node)
+        for i in range(3):
+            node.on_text(ca, b'{"op":"send","room":"r","text":"m%d","id":%d}' % (i, 10 + i))
+        await settle()
+        acks = [e for e in a.events() if e.get("id") in (10, 11, 12)]
+        assert [(e["ok"], e["seq"]) for e in acks] == [(True, 1), (True, 2), (True, 3)]
+        assert [m["text"] for m in b.events("message")] == ["m0", "m1", "m2"]
+        assert broker.published.count("0/r") == 3
+        assert node._inflight.get(ca.id, 0) == 0 and not node._append_futs and not node._tasks
+        await node.stop()
+
+    asyncio.run(go())
+
+
+def test_a_failed_publish_is_answered_unavailable_not_acked(tmp_path):
+    async def go():
+        broker = AwaitedBroker()
+        node = Node(HubConfig(jwt_secret=SECRET), SqliteMessageStore(str(tmp_path / "db.sqlite3")), broker)
+        await node.store.open()
+        a, b, ca, _ = await two_in_room(node)
+        broker.fail = True
+        node.on_text(ca, b'{"op":"send","room":"r","text":"lost?","id":7}')
+        await settle()
+        reply = [e for e in a.events() if e.get("id") == 7][0]
+        assert reply["ok"] is False and reply["error"]["code"] == "unavailable"
+        assert b.events("message") == []
+        assert node._inflight.get(ca.id, 0) == 0
+        await node.stop()
+
+    asyncio.run(go())
+
+
+def test_an_answered_append_leaves_nothing_in_flight(tmp_path):
+    """The in-process broker path (no task per message): after the acks, the
+    connection's in-flight count and the pending appends are back to nothing."""
+
+    async def go():
+        node = await make_node(tmp_path, rate_limits=False)
+        a, b, ca, _ = await two_in_room(node)
+        for i in range(40):  # past MAX_INFLIGHT_PER_CONN: reading pauses, then resumes
+            node.on_text(ca, b'{"op":"send","room":"r","text":"x","id":%d}' % (100 + i))
+        await settle()
+        assert len([e for e in a.events() if isinstance(e.get("id"), int) and e["id"] >= 100 and e.get("ok")]) == 40
+        assert len(b.events("message")) == 40
+        assert node._inflight.get(ca.id, 0) == 0 and not node._append_futs and not node._tasks
+        assert node._pauses.get(ca.id, 0) == 0
+        await node.stop()
+
+    asyncio.run(go())

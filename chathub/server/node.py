@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 from typing import Any, Awaitable, Callable, Protocol
@@ -134,7 +135,10 @@ class Node:
 
             self._auth_cfg = dataclasses.replace(cfg, jwt_secret=self.dev_secret)
         broker.set_handler(self._on_broker)
+        # a broker that publishes synchronously (in-process) offers publish_nowait
+        self._publish_nowait: Callable[[str, bytes], None] | None = getattr(broker, "publish_nowait", None)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._append_futs: set[asyncio.Future[Any]] = set()  # appends the store has not answered
         self._inflight: dict[str, int] = {}
         # conn id -> commands waiting while an earlier command of the connection has not
         # reached its ordering point (present while such a command runs)
@@ -179,8 +183,11 @@ class Node:
         for conn in list(self.hub.conns.values()):
             if conn.handle is not None:
                 conn.handle.close(code, reason)
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while (self._tasks or self._append_futs) and loop.time() < deadline:
+            await asyncio.wait([*self._tasks, *self._append_futs], timeout=deadline - loop.time())
+            await asyncio.sleep(0)  # done callbacks run (an answered append publishes and acks)
         await self.broker.close()
         await self.store.close()
 
@@ -395,16 +402,30 @@ class Node:
     def on_binary(self, conn: Conn) -> None:
         self._fail(conn, None, P.BAD_REQUEST, "binary frames are not accepted; send JSON text frames")
 
-    def _spawn(self, conn: Conn, cmd: Command, coro: Awaitable[None], leads: bool = True) -> None:
+    def _spawn(self, conn: Conn, cmd: Command, coro: Awaitable[None], leads: bool = True,
+               entered: bool = False) -> None:
         """Run an async command. ``leads``: it holds the connection's later commands back
-        until it is done (see ``_dispatch``)."""
+        until it is done (see ``_dispatch``). ``entered``: already counted in flight."""
+        if not entered:
+            self._enter(conn)
+        task = asyncio.ensure_future(self._run(conn, cmd, coro, leads))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _enter(self, conn: Conn) -> None:
+        """One more command of ``conn`` in flight (past its ordering point, not done); at
+        ``MAX_INFLIGHT_PER_CONN`` the connection's reading pauses."""
         n = self._inflight.get(conn.id, 0) + 1
         self._inflight[conn.id] = n
         if n == MAX_INFLIGHT_PER_CONN:
             self._pause(conn)
-        task = asyncio.ensure_future(self._run(conn, cmd, coro, leads))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+    def _leave(self, conn: Conn) -> None:
+        n = self._inflight.get(conn.id)
+        if n is not None:
+            self._inflight[conn.id] = n - 1
+            if n == MAX_INFLIGHT_PER_CONN:
+                self._resume(conn)
 
     async def _run(self, conn: Conn, cmd: Command, coro: Awaitable[None], leads: bool = True) -> None:
         try:
@@ -414,11 +435,7 @@ class Node:
         finally:
             if leads:
                 self._ordered(conn)
-            n = self._inflight.get(conn.id)
-            if n is not None:
-                self._inflight[conn.id] = n - 1
-                if n == MAX_INFLIGHT_PER_CONN:
-                    self._resume(conn)
+            self._leave(conn)
 
     def _fail_with(self, conn: Conn, cmd: Command, exc: Exception) -> None:
         """Answer a failed command with the protocol's error for ``exc``."""
@@ -540,27 +557,57 @@ class Node:
             return
         cid = conn.id
         self._appending[cid] = self._appending.get(cid, 0) + 1
-        self._spawn(conn, cmd, self._finish_append(conn, cmd, fut, channels), leads=False)
+        # the rest runs as the future's callback, not as a task: no Task, coroutine or
+        # extra loop callbacks per message (a task only for a broker that must be awaited)
+        self._enter(conn)
+        self._append_futs.add(fut)
+        fut.add_done_callback(functools.partial(self._append_done, conn, cmd, channels))
 
-    async def _finish_append(self, conn: Conn, cmd: Command, fut: asyncio.Future, channels: list[str]) -> None:
-        """Publish, then ack: the ack goes out only after the commit."""
+    def _append_done(self, conn: Conn, cmd: Command, channels: list[str], fut: asyncio.Future) -> None:
+        """(the store's answer to an append) Publish, then ack: the ack goes out only
+        after the commit. What the store raised is answered as the protocol's error."""
+        self._append_futs.discard(fut)
         cid = conn.id
+        n = self._appending.get(cid, 0) - 1
+        if n > 0:
+            self._appending[cid] = n
+        else:
+            self._appending.pop(cid, None)
+            if cid in self._busy and conn.handle is not None:
+                self._ordered(conn)  # the command waiting for these appends
+        handed_on = False
         try:
-            res = await fut
+            if fut.cancelled():
+                return
+            res = fut.result()
+            if not res.duplicate:
+                m = res.message
+                payload = Hub.encode_message(m)
+                if self._publish_nowait is None:
+                    handed_on = True
+                    self._spawn(conn, cmd, self._publish_and_ack(conn, cmd, res, payload, channels), leads=False,
+                                entered=True)
+                    return
+                for ch in channels:
+                    self._publish_nowait(ch, b"%s %d %s" % (cid.encode(), m.seq, payload))
+                self.hub.note_seq(room_key(m.tenant_id, m.room), m.seq)
+            self._ack_append(conn, cmd, res)
+        except Exception as e:  # noqa: BLE001 - answered with the protocol's error
+            self._fail_with(conn, cmd, e)
         finally:
-            n = self._appending.get(cid, 0) - 1
-            if n > 0:
-                self._appending[cid] = n
-            else:
-                self._appending.pop(cid, None)
-                if cid in self._busy and conn.handle is not None:
-                    self._ordered(conn)  # the command waiting for these appends
+            if not handed_on:
+                self._leave(conn)
+
+    async def _publish_and_ack(self, conn: Conn, cmd: Command, res: Any, payload: bytes, channels: list[str]) -> None:
+        """``_append_done``'s tail for a broker whose publish must be awaited."""
         m = res.message
-        if not res.duplicate:
-            payload = Hub.encode_message(m)
-            for ch in channels:
-                await self._publish(ch, conn.id, m.seq, payload)
-            self.hub.note_seq(room_key(m.tenant_id, m.room), m.seq)
+        for ch in channels:
+            await self._publish(ch, conn.id, m.seq, payload)
+        self.hub.note_seq(room_key(m.tenant_id, m.room), m.seq)
+        self._ack_append(conn, cmd, res)
+
+    def _ack_append(self, conn: Conn, cmd: Command, res: Any) -> None:
+        m = res.message
         result: dict[str, Any] = {"room": m.room, "seq": m.seq, "msg_id": m.msg_id, "ts": m.ts}
         if res.duplicate:
             result["duplicate"] = True
