@@ -272,3 +272,63 @@ def test_an_answered_append_leaves_nothing_in_flight(tmp_path):
         await node.stop()
 
     asyncio.run(go())
+
+
+def test_heartbeat_plan_spreads_a_round_in_bounded_slices():
+    from chathub.server.node import HEARTBEAT_SLICE, heartbeat_plan
+
+    assert heartbeat_plan(0, 30.0) == (1, 0)
+    assert heartbeat_plan(10, 30.0) == (1, 10)
+    assert heartbeat_plan(10_000, 30.0) == (40, 250)
+    for n in (1, 255, 256, 257, 5_000, 100_000):
+        steps, size = heartbeat_plan(n, 30.0)
+        assert size <= HEARTBEAT_SLICE and steps * size >= n > (steps - 1) * size
+    # a short interval caps the steps (10 ms apart at least): the slices grow instead
+    assert heartbeat_plan(100_000, 0.1) == (10, 10_000)
+
+
+class PingHandle(FakeHandle):
+    def __init__(self, pings: list) -> None:
+        super().__init__()
+        self.pings = pings
+
+    def ping(self) -> None:
+        self.pings.append((asyncio.get_running_loop().time(), self))
+
+    def close(self, code: int, reason: str) -> None:
+        if self.closed is None:  # the first close counts (stop() closes everyone again)
+            self.closed = (code, reason)
+
+
+def test_heartbeat_pings_everyone_in_slices_and_closes_the_silent(tmp_path):
+    """600 connections, a 0.1 s interval: every connection is pinged each round, a step
+    pings at most HEARTBEAT_SLICE of them, and one silent past connection_timeout is
+    closed with 1001 instead of pinged."""
+    from chathub.server.node import HEARTBEAT_SLICE
+
+    async def go():
+        now = [1000.0]
+        node = Node(HubConfig(jwt_secret=SECRET, heartbeat_interval=0.1, connection_timeout=5.0),
+                    SqliteMessageStore(str(tmp_path / "db.sqlite3")), MemoryBroker(), clock=lambda: now[0])
+        await node.start()
+        pings: list = []
+        handles = [PingHandle(pings) for _ in range(600)]
+        for i, h in enumerate(handles):
+            h.last_rx = now[0]
+            node.open(h, token=node.token_for(i + 1))
+        silent = handles[7]
+        silent.last_rx = now[0] - 6.0
+        await asyncio.sleep(0.25)  # two rounds at least
+        await node.stop()
+        return handles, silent, pings
+
+    handles, silent, pings = asyncio.run(go())
+    assert silent.closed == (1001, "idle timeout")
+    pinged = {id(h) for _, h in pings}
+    assert all(id(h) in pinged for h in handles if h is not silent)
+    assert id(silent) not in pinged
+    per_iteration: dict[float, int] = {}
+    for t, _ in pings:
+        per_iteration[t] = per_iteration.get(t, 0) + 1
+    assert max(per_iteration.values()) <= HEARTBEAT_SLICE
+    assert len(per_iteration) >= 3  # 600 connections: three steps a round

@@ -53,6 +53,18 @@ from chathub.store.base import (
 
 
 
+HEARTBEAT_SLICE = 256  # connections one step of the heartbeat pings at most
+HEARTBEAT_MIN_STEP = 0.01  # seconds between two steps, at least
+
+
+def heartbeat_plan(n: int, interval: float) -> tuple[int, int]:
+    """(steps, connections per step) of a heartbeat round over ``n`` connections: the
+    fewest steps of at most ``HEARTBEAT_SLICE`` each, spread over ``interval``, but no
+    more steps than ``HEARTBEAT_MIN_STEP`` apart allows (then the slices grow)."""
+    steps = max(1, min(-(-n // HEARTBEAT_SLICE), int(interval / HEARTBEAT_MIN_STEP)))
+    return steps, -(-n // steps)
+
+
 def new_msg_id() -> str:
     """A new message id: a UUIDv7 (RFC 9562) as 32 hex digits. Time-ordered, so the
     stores' ``msg_id`` index grows at its right edge (one page a group commit touches)
@@ -891,19 +903,31 @@ class Node:
                 log.exception("tick failed")
 
     async def _heartbeat_loop(self) -> None:
+        """Every connection gets a ping once per ``heartbeat_interval``, or is closed
+        (1001) once it has been silent for ``connection_timeout``. A round takes the
+        connections there are when it starts, in steps of at most ``HEARTBEAT_SLICE``
+        spread over the interval, so that no loop iteration does more than a slice
+        whatever the number of connections (all of them at once stalled the loop for
+        ~100 ms at 10,000)."""
         interval = self.cfg.heartbeat_interval
-        timeout = self.cfg.connection_timeout
         while True:
-            await asyncio.sleep(interval)
-            now = self.clock()
-            for conn in list(self.hub.conns.values()):
-                h = conn.handle
-                if h is None:
-                    continue
-                if now - h.last_rx > timeout:
-                    h.close(P.CLOSE_GOING_AWAY, "idle timeout")
-                else:
-                    h.ping()
+            conns = list(self.hub.conns.values())
+            steps, size = heartbeat_plan(len(conns), interval)
+            for i in range(steps):
+                await asyncio.sleep(interval / steps)
+                self._heartbeat(conns[i * size : (i + 1) * size])
+
+    def _heartbeat(self, conns: list[Conn]) -> None:
+        now = self.clock()
+        timeout = self.cfg.connection_timeout
+        for conn in conns:
+            h = conn.handle
+            if h is None:  # gone since the round started
+                continue
+            if now - h.last_rx > timeout:
+                h.close(P.CLOSE_GOING_AWAY, "idle timeout")
+            else:
+                h.ping()
 
     async def _retention_loop(self) -> None:
         while True:
