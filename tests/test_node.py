@@ -48,8 +48,9 @@ class FakeHandle:
         return [e for e in out if ev is None or e.get("ev") == ev]
 
 
-async def make_node(tmp_path, **cfg) -> Node:
-    node = Node(HubConfig(jwt_secret=SECRET, **cfg), SqliteMessageStore(str(tmp_path / "db.sqlite3")), MemoryBroker())
+async def make_node(tmp_path, broker=None, **cfg) -> Node:
+    node = Node(HubConfig(jwt_secret=SECRET, **cfg), SqliteMessageStore(str(tmp_path / "db.sqlite3")),
+                broker if broker is not None else MemoryBroker())
     await node.store.open()
     return node
 
@@ -221,8 +222,7 @@ class AwaitedBroker:
 def test_with_a_broker_that_must_be_awaited_the_ack_follows_the_publish(tmp_path):
     async def go():
         broker = AwaitedBroker()
-        node = Node(HubConfig(jwt_secret=SECRET), SqliteMessageStore(str(tmp_path / "db.sqlite3")), broker)
-        await node.store.open()
+        node = await make_node(tmp_path, broker)
         a, b, ca, _ = await two_in_room(node)
         for i in range(3):
             node.on_text(ca, b'{"op":"send","room":"r","text":"m%d","id":%d}' % (i, 10 + i))
@@ -240,8 +240,7 @@ def test_with_a_broker_that_must_be_awaited_the_ack_follows_the_publish(tmp_path
 def test_a_failed_publish_is_answered_unavailable_not_acked(tmp_path):
     async def go():
         broker = AwaitedBroker()
-        node = Node(HubConfig(jwt_secret=SECRET), SqliteMessageStore(str(tmp_path / "db.sqlite3")), broker)
-        await node.store.open()
+        node = await make_node(tmp_path, broker)
         a, b, ca, _ = await two_in_room(node)
         broker.fail = True
         node.on_text(ca, b'{"op":"send","room":"r","text":"lost?","id":7}')
