@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from picows import WSCloseCode, WSTransport
 
 from chathub._fastpath import _fanout_py
-from chathub.core.hub import EPHEMERAL, MESSAGE, Conn
+from chathub.core.hub import EPHEMERAL, MESSAGE, Conn, MemberList
 from tests._differential import extensions_disabled, import_compiled
 
 LOGGER = logging.getLogger("tests.fanout")
@@ -319,6 +319,32 @@ def test_compiled_burst_appends_to_one_batch() -> None:
     mod.broadcast(list(room), b"gone")
     mod.broadcast(list(room), b"gone too")
     assert fanout.batched == 19 and fanout.corked == 0
+
+
+def test_compiled_broadcast_keeps_the_members_handles_on_a_member_list() -> None:
+    """A room's MemberList carries the compiled fan-out's copy of its members' handles
+    and gzip flags, made by the first broadcast to it and used by the next ones (no Conn
+    read per recipient); a plain list, or a new MemberList, gets none of the old one."""
+    mod = _compiled()
+    loop, fanout, peers = make(mod, 3)
+    peers[1].conn.gzip = True
+    other = RecordingHandle()
+    room = MemberList([p.conn for p in peers] + [Conn("o", other), Conn("none", None)])
+    assert room.fan is None
+    assert mod.broadcast(room, b"one", MESSAGE, exclude=peers[0].conn) == 3
+    handles, flags = room.fan
+    assert handles == [p.listener for p in peers] + [other, None]
+    assert flags == bytes([0, 1, 0, 0, 0])
+    cache = room.fan
+    assert mod.broadcast(room, b"two", MESSAGE) == 4
+    assert room.fan is cache
+    loop.end_iteration()
+    assert [p.stream() for p in peers] == [frame(1, b"two"), frame(1, b"one") + frame(1, b"two"),
+                                           frame(1, b"one") + frame(1, b"two")]
+    assert [g[1] for g in other.got] == [b"one", b"two"]
+    plain = list(room)
+    mod.broadcast(plain, b"three", MESSAGE)
+    assert MemberList(room).fan is None
 
 
 def test_cork_is_written_when_it_reaches_the_cap(impl: Any) -> None:
@@ -640,11 +666,13 @@ def run_script(mod: Any, seed: int, steps: int) -> dict[str, Any]:
     conns += [Conn("o%d" % i, h) for i, h in enumerate(others)]
     conns.append(Conn("none", None))
     out: list[Any] = []
-    # a "room": the same connections broadcast to again and again (a new list each time,
-    # as the hub builds it), so the compiled module's batches grow, close and reopen
+    # a "room": the same connections broadcast to again and again, so the compiled
+    # module's batches grow, close and reopen: as the hub hands it out (the same
+    # MemberList until a regroup, which carries the compiled module's handle cache) or
+    # as a fresh plain list
     def new_room() -> list[Any]:
         pool = conns if rnd.random() < 0.2 else [p.conn for p in peers]
-        return rnd.sample(pool, rnd.randint(1, len(pool)))
+        return MemberList(rnd.sample(pool, rnd.randint(1, len(pool))))
 
     room = new_room()
 
@@ -673,7 +701,8 @@ def run_script(mod: Any, seed: int, steps: int) -> dict[str, Any]:
             # connection that is not in the list
             body = payload() if rnd.random() < 0.3 else b"m" * rnd.choice([0, 10, 125, 190, 300])
             exclude = rnd.choice([None, None, rnd.choice(conns)] + room[:3])
-            out.append(("n", mod.broadcast(list(room), body, kind, 1024, compress, deflate, exclude=exclude)))
+            targets = room if rnd.random() < 0.7 else list(room)
+            out.append(("n", mod.broadcast(targets, body, kind, 1024, compress, deflate, exclude=exclude)))
         elif op == "regroup":
             room = new_room()
         elif op == "send_text":

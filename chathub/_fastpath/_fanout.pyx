@@ -55,8 +55,9 @@ import logging
 cimport cython
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.list cimport PyList_Check, PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcmp, memcpy
 
@@ -733,6 +734,64 @@ cdef inline object _gzip_of(object c):
     return _slot(c, _gzip_off, "gzip") if Py_TYPE(c) is _slot_type else c.gzip
 
 
+# A room's member list (``chathub.core.hub.MemberList``: a list subclass with a ``fan``
+# slot, never changed once handed out) carries the fan-out's copy of its members'
+# handles and gzip flags, made by the first broadcast to it. Later broadcasts to the same
+# list take each recipient's handle from that dense list instead of its ``Conn``: one cold
+# object fewer per recipient. A member's handle changes only when it disconnects, and the
+# hub removes it from its rooms first (a new list); a copy still holding a closed
+# listener writes nothing to it (the listener is released).
+cdef PyTypeObject* _fan_type = NULL
+cdef object _fan_type_ref = None
+cdef Py_ssize_t _fan_off = 0
+
+
+cdef tuple _member_cache(list seq):
+    """``(handles, gzip flags)`` of ``seq``, index for index, kept on ``seq`` if it is a
+    list type with a ``fan`` slot; None for any other list."""
+    global _fan_type, _fan_type_ref, _fan_off
+    cdef PyObject* v
+    cdef PyObject** slot
+    cdef PyObject* old
+    cdef Py_ssize_t i, n, off
+    cdef list hs
+    cdef bytearray gz
+    cdef tuple cache
+    tp = type(seq)
+    if tp is list:
+        return None
+    if <PyTypeObject*>tp is not _fan_type:
+        if tp.__getattribute__ is not list.__getattribute__:
+            return None
+        off = _slot_offset(tp, "fan")
+        if off < 0:
+            return None
+        _fan_type_ref = tp  # keeps the type alive while its pointer is cached
+        _fan_type = <PyTypeObject*>tp
+        _fan_off = off
+    n = PyList_GET_SIZE(seq)
+    v = (<PyObject**>((<char*><PyObject*>seq) + _fan_off))[0]
+    if v is not NULL and type(<object>v) is tuple:
+        cache = <tuple>v
+        if PyList_GET_SIZE(<list>cache[0]) == n:
+            return cache
+    hs = []
+    gz = bytearray(n)
+    for i in range(n):
+        c = <object>PyList_GET_ITEM(seq, i)
+        if Py_TYPE(c) is not _slot_type:
+            _learn(c)
+        hs.append(_handle_of(c))
+        gz[i] = 1 if _gzip_of(c) else 0
+    cache = (hs, bytes(gz))
+    slot = <PyObject**>((<char*><PyObject*>seq) + _fan_off)
+    old = slot[0]
+    Py_INCREF(cache)
+    slot[0] = <PyObject*>cache
+    Py_XDECREF(old)
+    return cache
+
+
 cdef Py_ssize_t _extend(_Batch ob, list seq, bytes payload, int kind, object exclude) except -2:
     """Add ``payload``'s frame to the open batch ``ob`` (opened for the same list as
     ``seq``), for every target but ``exclude``; the broadcast's answer, or -1 if this
@@ -796,14 +855,21 @@ cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gz
     cdef _Batch ob
     cdef bint batching, b_ok = True, any_gz = False, any_dfl = False
     cdef Py_ssize_t took = 0, ex_seen = 0, ex_handles = 0
-    if type(conns) is list:
+    cdef list hs = None
+    cdef const char* gzs = NULL
+    cdef tuple cache
+    if PyList_Check(conns):
         seq = <list>conns
     else:
         seq = list(conns)
     batching = PyList_GET_SIZE(seq) >= 2
     if batching:
+        cache = _member_cache(seq)
+        if cache is not None:
+            hs = <list>cache[0]
+            gzs = PyBytes_AS_STRING(<bytes>cache[1])
         # the same list as the open batch's (a burst in one room): one append, no loop
-        h = _handle_of(<object>PyList_GET_ITEM(seq, 0))
+        h = <object>PyList_GET_ITEM(hs, 0) if hs is not None else _handle_of(<object>PyList_GET_ITEM(seq, 0))
         if isinstance(h, FanoutListener):
             ob = (<FanoutListener>h).fanout._open
             if (ob is not None and ob.open and not (big and ob.has_gzip) and not (dbig and ob.has_deflate)
@@ -816,7 +882,9 @@ cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gz
         if i >= PyList_GET_SIZE(seq):  # shrunk by a fallback handle's send_*
             break
         c = <object>PyList_GET_ITEM(seq, i)
-        if Py_TYPE(c) is _slot_type:
+        if hs is not None:
+            h = <object>PyList_GET_ITEM(hs, i)
+        elif Py_TYPE(c) is _slot_type:
             h = _slot(c, _handle_off, "handle")
         else:
             _learn(c)
@@ -831,7 +899,7 @@ cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gz
                     ex_lst = <FanoutListener>h
                     if ex_lst.deflate:
                         any_dfl = True
-                    if _gzip_of(c):
+                    if (gzs[i] if hs is not None else _gzip_of(c)):
                         any_gz = True
                 else:
                     b_ok = False
@@ -842,7 +910,7 @@ cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gz
         n += 1
         gz_wanted = False
         if big or batching:
-            gz_wanted = _gzip_of(c)
+            gz_wanted = gzs[i] if hs is not None else _gzip_of(c)
             if gz_wanted:
                 any_gz = True
                 gz_wanted = big

@@ -129,6 +129,18 @@ class RoomMeta:
         return self._active(self.mutes, uid, now_ms)
 
 
+class MemberList(list):  # type: ignore[type-arg]
+    """A room's member connections as ``Members.members()`` hands them out: never changed
+    once made. ``fan`` is the compiled fan-out's cache of the members' handles (see
+    ``chathub._fastpath._fanout``); nothing else uses it."""
+
+    __slots__ = ("fan",)
+
+    def __init__(self, items: Any = ()) -> None:
+        super().__init__(items)
+        self.fan: Any = None
+
+
 class Members(dict):  # type: ignore[type-arg]
     """A room's local connections by id, with their list cached for fan-out.
 
@@ -140,12 +152,12 @@ class Members(dict):  # type: ignore[type-arg]
 
     def __init__(self) -> None:
         super().__init__()
-        self._list: list[Conn] | None = None
+        self._list: MemberList | None = None
 
     def members(self) -> list[Conn]:
         out = self._list
         if out is None:
-            out = self._list = list(self.values())
+            out = self._list = MemberList(self.values())
         return out
 
     def __setitem__(self, key: str, value: Conn) -> None:
