@@ -82,7 +82,7 @@ cdef class _Batch:
     cdef Py_ssize_t alloc
     cdef bint open
     cdef Fanout fanout
-    cdef list targets            # copy of the connections list it was opened for
+    cdef list targets            # the connections list it was opened for (a MemberList) or a copy
     cdef list departed           # its targets' listeners that do not hold it (excluded
                                  # origins, diverged corks): each further frame by _put
     cdef Py_ssize_t count_all    # targets with a handle, excluded ones too

@@ -111,6 +111,8 @@ cdef extern from "Python.h":
 cdef inline bint _same_items(list a, list b) noexcept:
     """``a`` and ``b`` hold the very same objects in the same order."""
     cdef Py_ssize_t n = PyList_GET_SIZE(a)
+    if a is b:
+        return True
     if n != PyList_GET_SIZE(b):
         return False
     return memcmp((<PyListObject*>a).ob_item, (<PyListObject*>b).ob_item, n * sizeof(PyObject*)) == 0
@@ -962,7 +964,9 @@ cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gz
     if b is not None and b_ok and b.open and took and ex_seen <= 1:
         # every target but the excluded one corks exactly this batch: the next broadcast
         # to this list may grow it
-        b.targets = list(seq)
+        # (a MemberList never changes: the batch keeps it; a copy of any other list, which
+        # would also take a reference to, and so write to, every member's Conn)
+        b.targets = seq if hs is not None else list(seq)
         if ex_lst is not None:
             b.departed.append(ex_lst)
         b.count_all = n + ex_handles
