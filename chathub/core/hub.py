@@ -325,6 +325,9 @@ class Hub:
         self.conns: dict[str, Conn] = {}
         self.users: dict[tuple[int, int], list[Conn]] = {}
         self.rooms: dict[str, Room] = {}
+        # rooms with something for ``tick`` (a typing start, a departure's grace, a
+        # membership batch), in the order they got it: ``tick`` visits only these
+        self._timed: dict[str, Room] = {}
         # (tenant, user) -> [status, since_ms] of users with a connection on this node
         self.status: dict[tuple[int, int], list[Any]] = {}
 
@@ -468,6 +471,7 @@ class Hub:
             b = r.batch
             if b is None:
                 b = r.batch = {"joined": [], "left": [], "status": {}}
+                self._timed[r.key] = r
             if ev == "presence":
                 b["status"][uid] = status
             else:
@@ -508,6 +512,7 @@ class Hub:
                 effects += self._to_others(r, uid, {"ev": "typing", "room": r.name, "user_id": uid, "state": "stop"})
             if grace_until is not None:
                 r.departing[uid] = grace_until
+                self._timed[r.key] = r
             else:
                 effects += self._membership_event(r, "left", uid)
         if not r.conns:
@@ -672,6 +677,7 @@ class Hub:
         if state == "start":
             lapse = r.typing.get(uid)
             r.typing[uid] = now + self.limits.typing_timeout
+            self._timed[r.key] = r
             if lapse is not None and lapse > now:
                 return []
         else:
@@ -717,7 +723,13 @@ class Hub:
         """Timers: lapsed typing starts become ``stop``; departures past their grace become
         ``left``; large rooms get their batched membership event."""
         effects: list[Effect] = []
-        for r in list(self.rooms.values()):
+        timed = self._timed
+        # (the rooms with timers, not every room: at 10,000 rooms a walk over all of them
+        # each second is a stall of its own)
+        for key, r in list(timed.items()):
+            if self.rooms.get(key) is not r:  # deleted since (or replaced by a new one)
+                del timed[key]
+                continue
             if r.departing:
                 for uid, until in list(r.departing.items()):
                     if until <= now:
@@ -732,12 +744,12 @@ class Hub:
                 ev["truncated"] = max(len(b["joined"]), len(b["left"]), len(b["status"])) > 100
                 if r.conns:
                     effects.append(Broadcast(r.conns.members(), orjson.dumps(ev), EPHEMERAL))
-            if not r.typing:
-                continue
             for uid, lapse in list(r.typing.items()):
                 if lapse <= now:
                     del r.typing[uid]
                     effects.extend(
                         self._to_others(r, uid, {"ev": "typing", "room": r.name, "user_id": uid, "state": "stop"})
                     )
+            if not r.departing and r.batch is None and not r.typing:
+                del timed[key]
         return effects

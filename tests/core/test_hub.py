@@ -209,6 +209,25 @@ def test_typing_coalesces_and_lapses():
     assert hub.typing(a, "r", "stop", now=9.0) == []  # nothing to stop
 
 
+def test_tick_visits_only_rooms_with_timers():
+    """``tick`` walks the rooms that have something pending (a typing start here), not
+    every room, and forgets a room once nothing is pending or it is gone."""
+    hub = Hub(HubLimits(typing_timeout=6))
+    conns = [connect(hub, u) for u in range(1, 41)]
+    for i, c in enumerate(conns):
+        hub.join(c, "r%d" % (i // 2), replay=False)  # 20 rooms of 2
+    assert hub._timed == {}
+    hub.typing(conns[0], "r0", "start", now=0.0)
+    hub.typing(conns[2], "r1", "start", now=0.0)
+    assert list(hub._timed) == [room_key(0, "r0"), room_key(0, "r1")]
+    assert hub.tick(1.0) == [] and len(hub._timed) == 2
+    hub.leave(conns[2], "r1")
+    hub.leave(conns[3], "r1")  # r1 is gone (and its typing with it)
+    eff = hub.tick(7.0)
+    assert targets(eff) == [conns[1].id] and orjson.loads(eff[0].payload)["state"] == "stop"
+    assert hub._timed == {}
+
+
 def test_encode_message_fields():
     m = StoredMessage(0, "r", 3, "id3", 7, "hi", 123, client_msg_id="c", reply_to=1)
     assert orjson.loads(Hub.encode_message(m)) == {
