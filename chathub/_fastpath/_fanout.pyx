@@ -57,14 +57,15 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_Check, PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject, PyTypeObject
-from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcmp, memcpy
 
 from picows.picows cimport MemoryBuffer, WSCloseCode, WSListener, WSTransport
 
 from chathub._fastpath._frame cimport build_frame
-from chathub._fastpath._slots cimport PyMemberDescr_Type, PyMemberDescrObject, Py_TYPE, T_OBJECT_EX
+from chathub._fastpath._slots cimport (
+    PyMemberDescr_Type, PyMemberDescrObject, Py_TYPE, T_OBJECT_EX, slot_get, slot_replace,
+)
 
 __all__ = [
     "CLOSE_TIMEOUT", "CORK_CAP", "DEFLATE_THRESHOLD", "EPHEMERAL", "MAX_QUEUED_BYTES", "MESSAGE",
@@ -621,8 +622,9 @@ cdef class FanoutListener(WSListener):
         on the socket keeps the byte order; the rest, if any, goes to the transport. The
         socket cannot be a reused descriptor: uvloop closes it only after the protocol's
         ``connection_lost``, which first sets ``is_disconnected`` (checked by the caller)
-        or, where the listener is the protocol, ``closing``; until then a write to a connection that is already closing is harmless (the
-        transport drops what it is handed). Otherwise picows' ``_fast_write`` (which asks
+        or, where the listener is the protocol, ``closing``; until then a write to a
+        connection that is already closing is harmless (the transport drops what it is
+        handed). Otherwise picows' ``_fast_write`` (which asks
         the transport for its buffer size), unless the transport is closing."""
         cdef ssize_t w
         cdef WSTransport t
@@ -698,7 +700,7 @@ cdef int _learn(object c) except -1:
 
 
 cdef inline object _slot(object c, Py_ssize_t off, str name):
-    cdef PyObject* v = (<PyObject**>((<char*><PyObject*>c) + off))[0]
+    cdef PyObject* v = slot_get(c, off)
     if v is NULL:
         return getattr(c, name)  # unset slot: AttributeError, as for getattr
     return <object>v
@@ -753,8 +755,6 @@ cdef tuple _member_cache(list seq):
     list type with a ``fan`` slot; None for any other list."""
     global _fan_type, _fan_type_ref, _fan_off
     cdef PyObject* v
-    cdef PyObject** slot
-    cdef PyObject* old
     cdef Py_ssize_t i, n, off
     cdef list hs
     cdef bytearray gz
@@ -772,7 +772,7 @@ cdef tuple _member_cache(list seq):
         _fan_type = <PyTypeObject*>tp
         _fan_off = off
     n = PyList_GET_SIZE(seq)
-    v = (<PyObject**>((<char*><PyObject*>seq) + _fan_off))[0]
+    v = slot_get(seq, _fan_off)
     if v is not NULL and type(<object>v) is tuple:
         cache = <tuple>v
         if PyList_GET_SIZE(<list>cache[0]) == n:
@@ -786,11 +786,7 @@ cdef tuple _member_cache(list seq):
         hs.append(_handle_of(c))
         gz[i] = 1 if _gzip_of(c) else 0
     cache = (hs, bytes(gz))
-    slot = <PyObject**>((<char*><PyObject*>seq) + _fan_off)
-    old = slot[0]
-    Py_INCREF(cache)
-    slot[0] = <PyObject*>cache
-    Py_XDECREF(old)
+    slot_replace(seq, _fan_off, cache)
     return cache
 
 

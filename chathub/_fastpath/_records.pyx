@@ -11,9 +11,11 @@ expected plain ``__slots__`` members, so no write can land outside an object.
 """
 
 from cpython.object cimport PyObject, PyTypeObject
-from cpython.ref cimport Py_INCREF, Py_XDECREF
+from cpython.ref cimport Py_INCREF
 
-from chathub._fastpath._slots cimport PyMemberDescr_Type, PyMemberDescrObject, Py_TYPE, T_OBJECT_EX
+from chathub._fastpath._slots cimport (
+    PyMemberDescr_Type, PyMemberDescrObject, Py_TYPE, T_OBJECT_EX, slot_get, slot_replace,
+)
 
 import dataclasses
 
@@ -87,22 +89,10 @@ def bind(new_message, stored_message, append_result):
     _result_tp = <PyTypeObject*>append_result
 
 
-cdef inline PyObject* _get(object o, Py_ssize_t off) noexcept:
-    return (<PyObject**>((<char*><PyObject*>o) + off))[0]
-
-
 cdef inline void _put(object o, Py_ssize_t off, object v) noexcept:
     # only on a fresh object from tp_alloc: the slot is NULL, nothing to release
     Py_INCREF(v)
     (<PyObject**>((<char*><PyObject*>o) + off))[0] = <PyObject*>v
-
-
-cdef inline void _replace(object o, Py_ssize_t off, object v) noexcept:
-    cdef PyObject** slot = <PyObject**>((<char*><PyObject*>o) + off)
-    cdef PyObject* old = slot[0]
-    Py_INCREF(v)
-    slot[0] = <PyObject*>v
-    Py_XDECREF(old)
 
 
 _setattr = object.__setattr__
@@ -114,14 +104,14 @@ def new_message_init(self, tenant_id, room, sender, text, ts, msg_id, client_msg
     this stores them at their slot offsets. Same parameters; on anything but the exact
     bound type it does what the generated one does, field by field."""
     if _new_tp is not NULL and Py_TYPE(self) is _new_tp:
-        _replace(self, _n_off[0], tenant_id)
-        _replace(self, _n_off[1], room)
-        _replace(self, _n_off[2], sender)
-        _replace(self, _n_off[3], text)
-        _replace(self, _n_off[4], ts)
-        _replace(self, _n_off[5], msg_id)
-        _replace(self, _n_off[6], client_msg_id)
-        _replace(self, _n_off[7], reply_to)
+        slot_replace(self, _n_off[0], tenant_id)
+        slot_replace(self, _n_off[1], room)
+        slot_replace(self, _n_off[2], sender)
+        slot_replace(self, _n_off[3], text)
+        slot_replace(self, _n_off[4], ts)
+        slot_replace(self, _n_off[5], msg_id)
+        slot_replace(self, _n_off[6], client_msg_id)
+        slot_replace(self, _n_off[7], reply_to)
         return
     _setattr(self, "tenant_id", tenant_id)
     _setattr(self, "room", room)
@@ -145,7 +135,7 @@ def new_result(t, r, seq, m):
     cdef bint slots = Py_TYPE(m) is _new_tp
     if slots:
         for i in range(6):
-            v[i] = _get(m, _n_off[i + 2])
+            v[i] = slot_get(m, _n_off[i + 2])
             if v[i] is NULL:  # unset slot
                 slots = False
                 break

@@ -306,8 +306,13 @@ class Node:
 
     # ------------------------------------------------------------ broker
 
+    @staticmethod
+    def _envelope(origin: str, seq: int, payload: bytes) -> bytes:
+        """A publication as the broker carries it (``_on_broker`` takes it apart)."""
+        return b"%s %d %s" % (origin.encode(), seq, payload)
+
     def _publish(self, channel: str, origin: str, seq: int, payload: bytes) -> Awaitable[None]:
-        return self.broker.publish(channel, b"%s %d %s" % (origin.encode(), seq, payload))
+        return self.broker.publish(channel, self._envelope(origin, seq, payload))
 
     def _on_broker(self, channel: str, data: bytes) -> None:
         origin, seq_s, payload = data.split(b" ", 2)
@@ -601,7 +606,7 @@ class Node:
                                 entered=True)
                     return
                 for ch in channels:
-                    self._publish_nowait(ch, b"%s %d %s" % (cid.encode(), m.seq, payload))
+                    self._publish_nowait(ch, self._envelope(cid, m.seq, payload))
                 self.hub.note_seq(room_key(m.tenant_id, m.room), m.seq)
             self._ack_append(conn, cmd, res)
         except Exception as e:  # noqa: BLE001 - answered with the protocol's error

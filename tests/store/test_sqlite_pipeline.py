@@ -9,7 +9,9 @@ handed over, and that the process-wide switch interval is always put back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from typing import AsyncIterator
 
 from pytest import approx
 
@@ -18,8 +20,15 @@ from chathub.store.base import NewMessage
 from test_conformance import all_history, nm, seqs  # (conftest puts this folder on sys.path)
 
 
-def _store(tmp_path, **kw) -> SqliteMessageStore:
-    return SqliteMessageStore(str(tmp_path / "p.sqlite3"), **kw)
+@contextlib.asynccontextmanager
+async def _opened(tmp_path, **kw) -> AsyncIterator[SqliteMessageStore]:
+    """A store on a fresh file, open for the ``async with`` block, closed after it."""
+    store = SqliteMessageStore(str(tmp_path / "p.sqlite3"), **kw)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 async def _submit_and_watch(store: SqliteMessageStore, msgs: list[NewMessage]) -> tuple[list, float]:
@@ -37,9 +46,7 @@ async def _submit_and_watch(store: SqliteMessageStore, msgs: list[NewMessage]) -
 def test_backlog_puts_a_second_group_in_flight_and_restores_the_interval(tmp_path, run):
     async def body():
         before = sys.getswitchinterval()
-        store = _store(tmp_path, max_batch=8, pipeline_min=4, gil_switch_interval=1e-4)
-        await store.open()
-        try:
+        async with _opened(tmp_path, max_batch=8, pipeline_min=4, gil_switch_interval=1e-4) as store:
             msgs = [nm(f"r{i % 3}", sender=i % 5, cid=f"c{i}") for i in range(64)]
             res, shortest = await _submit_and_watch(store, msgs)
             assert store.stats["groups"] == 8 and store.stats["inserted"] == 64
@@ -51,8 +58,6 @@ def test_backlog_puts_a_second_group_in_flight_and_restores_the_interval(tmp_pat
                 mine = [r.message.seq for r, m in zip(res, msgs) if m.room == room]
                 assert mine == list(range(1, len(mine) + 1))
                 assert seqs(await all_history(store, room)) == mine
-        finally:
-            await store.close()
         assert sys.getswitchinterval() == before
 
     run(body())
@@ -60,9 +65,7 @@ def test_backlog_puts_a_second_group_in_flight_and_restores_the_interval(tmp_pat
 
 def test_repeat_in_the_group_behind_meets_its_stored_copy(tmp_path, run):
     async def body():
-        store = _store(tmp_path, max_batch=4, pipeline_min=1)
-        await store.open()
-        try:
+        async with _opened(tmp_path, max_batch=4, pipeline_min=1) as store:
             first = [nm("d", sender=1, cid=f"x{i}") for i in range(4)]  # group 1
             again = [nm("d", sender=1, text="again", cid=f"x{i}") for i in range(4)]  # group 2
             res, _ = await _submit_and_watch(store, first + again)
@@ -70,8 +73,6 @@ def test_repeat_in_the_group_behind_meets_its_stored_copy(tmp_path, run):
             assert [r.duplicate for r in res] == [False] * 4 + [True] * 4
             assert [r.message for r in res[4:]] == [r.message for r in res[:4]]
             assert seqs(await all_history(store, "d")) == [1, 2, 3, 4]
-        finally:
-            await store.close()
 
     run(body())
 
@@ -79,16 +80,12 @@ def test_repeat_in_the_group_behind_meets_its_stored_copy(tmp_path, run):
 def test_no_backlog_no_second_group_and_interval_untouched(tmp_path, run):
     async def body():
         before = sys.getswitchinterval()
-        store = _store(tmp_path)  # defaults: a second group only with >= 128 waiting
-        await store.open()
-        try:
+        async with _opened(tmp_path) as store:  # defaults: a second group only with >= 128 waiting
             for _ in range(5):  # bursts that fit in one group each
                 res, shortest = await _submit_and_watch(store, [nm("q", sender=i) for i in range(100)])
                 assert shortest == before
             assert store.stats["pipelined"] == 0
             assert seqs(await all_history(store, "q")) == list(range(1, 501))
-        finally:
-            await store.close()
 
     run(body())
 
@@ -96,14 +93,10 @@ def test_no_backlog_no_second_group_and_interval_untouched(tmp_path, run):
 def test_interval_left_alone_when_switched_off(tmp_path, run):
     async def body():
         before = sys.getswitchinterval()
-        store = _store(tmp_path, max_batch=8, pipeline_min=2, gil_switch_interval=None)
-        await store.open()
-        try:
+        async with _opened(tmp_path, max_batch=8, pipeline_min=2, gil_switch_interval=None) as store:
             res, shortest = await _submit_and_watch(store, [nm("n", sender=i) for i in range(40)])
             assert store.stats["pipelined"] >= 1 and shortest == before
             assert sorted(r.message.seq for r in res) == list(range(1, 41))
-        finally:
-            await store.close()
 
     run(body())
 
