@@ -321,6 +321,104 @@ def test_compiled_burst_appends_to_one_batch() -> None:
     assert fanout.batched == 19 and fanout.corked == 0
 
 
+def test_a_room_burst_with_replies_and_senders_in_between(impl: Any) -> None:
+    """Broadcasts to a room's MemberList (the compiled module defers them: no listener
+    is touched until the end of the iteration, or until one of them is): several
+    senders, a reply to one member, a member that is paused, one that closes, one that
+    is released, a broadcast to another room. Everyone gets their frames in order, in
+    one write, and nothing after a close."""
+    loop, fanout, peers = make(impl, 6)
+    room = MemberList([p.conn for p in peers[:5]])
+    other = MemberList([peers[4].conn, peers[5].conn])
+    peers[3].listener.pause_writing()
+    peers[3].raw.paused = True
+    got: list[list[bytes]] = [[] for _ in peers]
+
+    def bcast(members: list[Any], body: bytes, sender: int | None = None) -> None:
+        ex = None if sender is None else peers[sender].conn
+        n = impl.broadcast(members, body, MESSAGE, exclude=ex)
+        assert n == len(members) - (ex is not None and ex in members)
+        for i, p in enumerate(peers):
+            if p.conn in members and p.conn is not ex:
+                got[i].append(frame(1, body))
+
+    bcast(room, b"a1", 0)
+    bcast(room, b"b1", 1)
+    bcast(room, b"a2", 0)
+    peers[1].listener.send_text(b"ack")  # a reply: after b1 and a2, which it is due
+    got[1].append(frame(1, b"ack"))
+    bcast(room, b"sys")
+    peers[2].listener.close(1000, "bye")  # writes what it was due, then the close frame
+    bcast(room, b"c1", 4)
+    bcast(other, b"elsewhere")  # another room: the first one's frames come first
+    bcast(room, b"last")
+    peers[4].listener.release()  # gone: nothing is written to it
+    loop.end_iteration()
+    assert peers[0].writes() == [b"".join(got[0])]
+    assert peers[1].writes() == [b"".join(got[1])]
+    assert peers[2].raw.events[0] == ("write", b"".join(got[2][:4]))
+    assert peers[2].raw.events[1] == ("write", close_frame(1000, "bye"))
+    assert len(peers[2].writes()) == 2  # nothing after the close frame
+    assert peers[3].writes() == []  # paused: queued
+    assert peers[3].listener.queued_frames == len(got[3])
+    assert peers[4].writes() == []
+    assert peers[5].writes() == [frame(1, b"elsewhere")] == [b"".join(got[5])]
+    peers[3].raw.paused = False
+    peers[3].listener.resume_writing()
+    assert peers[3].stream() == b"".join(got[3])
+    if impl is not _fanout_py:
+        assert fanout.deferred == 7
+
+
+def test_compiled_deferred_broadcast_touches_no_listener_until_the_flush() -> None:
+    """A burst to one room is appended to one deferred batch: no listener holds anything
+    until the flush writes it, once per member; a member's own frame settles the batch
+    first (the counters then read as if every frame had been corked at once)."""
+    mod = _compiled()
+    loop, fanout, peers = make(mod, 40)
+    room = MemberList([p.conn for p in peers])
+    for i in range(16):
+        assert mod.broadcast(room, b"m%d" % i, MESSAGE, exclude=peers[0].conn) == 39
+    assert fanout.deferred == 16 and fanout.batched == 0
+    assert loop.scheduled == 1
+    assert all(p.raw.events == [] for p in peers)
+    body = b"".join(frame(1, b"m%d" % i) for i in range(16))
+    assert peers[1].listener.corked_bytes == len(body)  # (reading it settles the batch)
+    assert peers[0].listener.corked_bytes == 0
+    assert fanout.corked == 39
+    loop.end_iteration()
+    assert [p.writes() for p in peers] == [[]] + [[body]] * 39
+    # the next iteration: deferred until a member's own frame, which goes after the batch
+    mod.broadcast(room, b"x", MESSAGE)
+    peers[5].listener.send_text(b"own")
+    mod.broadcast(room, b"y", MESSAGE)
+    loop.end_iteration()
+    assert peers[5].writes()[1] == frame(1, b"x") + frame(1, b"own") + frame(1, b"y")
+    assert peers[6].writes()[1] == frame(1, b"x") + frame(1, b"y")
+    assert fanout.deferred == 18
+
+
+def test_a_deferred_broadcast_and_an_outside_pause(impl: Any) -> None:
+    """The transport pauses of its own accord (a ping or pong picows wrote itself) after
+    a room broadcast and before the flush, for a member with a frame of its own corked
+    and the cork at its cap: the compiled module, which deferred the broadcast, writes
+    the cork through the transport then, behind picows' bytes, not at the broadcast;
+    the bytes and their order are the twin's."""
+    loop, fanout, peers = make(impl, 3, cork_cap=200)
+    room = MemberList([p.conn for p in peers])
+    p = peers[1]
+    p.listener.send_text(b"o" * 150)
+    impl.broadcast(room, b"r" * 100, MESSAGE)
+    p.raw.write(b"PING")  # picows' own write; the transport now holds bytes
+    p.raw.paused = True
+    p.listener.pause_writing()
+    loop.end_iteration()
+    assert p.stream().replace(b"PING", b"") == frame(1, b"o" * 150) + frame(1, b"r" * 100)
+    if impl is not _fanout_py:
+        assert p.raw.events[0] == ("write", b"PING")  # the cork waited for the flush
+    assert peers[0].writes() == [frame(1, b"r" * 100)]
+
+
 def test_compiled_broadcast_keeps_the_members_handles_on_a_member_list() -> None:
     """A room's MemberList carries the compiled fan-out's copy of its members' handles
     and gzip flags, made by the first broadcast to it and used by the next ones (no Conn
@@ -332,9 +430,11 @@ def test_compiled_broadcast_keeps_the_members_handles_on_a_member_list() -> None
     room = MemberList([p.conn for p in peers] + [Conn("o", other), Conn("none", None)])
     assert room.fan is None
     assert mod.broadcast(room, b"one", MESSAGE, exclude=peers[0].conn) == 3
-    handles, flags = room.fan
+    handles, flags, fan, any_gzip, any_deflate = room.fan
     assert handles == [p.listener for p in peers] + [other, None]
     assert flags == bytes([0, 1, 0, 0, 0])
+    assert fan is None  # not every member has a listener of one fanout: no deferral
+    assert any_gzip and not any_deflate
     cache = room.fan
     assert mod.broadcast(room, b"two", MESSAGE) == 4
     assert room.fan is cache
@@ -701,7 +801,7 @@ def run_script(mod: Any, seed: int, steps: int) -> dict[str, Any]:
             # connection that is not in the list
             body = payload() if rnd.random() < 0.3 else b"m" * rnd.choice([0, 10, 125, 190, 300])
             exclude = rnd.choice([None, None, rnd.choice(conns)] + room[:3])
-            targets = room if rnd.random() < 0.7 else list(room)
+            targets = room if rnd.random() < 0.5 else list(room)
             out.append(("n", mod.broadcast(targets, body, kind, 1024, compress, deflate, exclude=exclude)))
         elif op == "regroup":
             room = new_room()
@@ -712,19 +812,32 @@ def run_script(mod: Any, seed: int, steps: int) -> dict[str, Any]:
         elif op == "end":
             loop.end_iteration()
         elif op == "pause":
+            # The transport pausing of its own accord (in the server: a write of picows'
+            # own, a ping, pong or close frame). The compiled module may not have handed a
+            # deferred broadcast to this listener yet: a listener that had frames of its
+            # own corked may then get its bytes in other writes than the twin's (same
+            # bytes, same order; see test_a_deferred_broadcast_and_an_outside_pause), so
+            # the script settles first.
+            fanout.settle()
             p.raw.paused = True
             p.listener.pause_writing()
         elif op == "drain":
+            fanout.settle()  # (as for "pause")
             p.raw.drain()
         elif op == "resume":
+            fanout.settle()  # (as for "pause")
             p.raw.paused = False
             p.listener.resume_writing()
         elif op == "close":
             p.listener.close(rnd.choice([1000, 1001, 4001]), "bye", abort=rnd.random() < 0.5)
         elif op == "reset":
+            fanout.settle()  # (as for "pause")
             p.raw.closing = True
         elif op == "release":
             p.listener.release()
+        if rnd.random() >= 0.25:
+            continue  # (unobserved: the compiled module's deferred broadcasts stay deferred)
+        fanout.settle()
         out.append(("state", fanout.corked, [
             (q.listener.closing, q.listener.paused, q.listener.shed, q.listener.queued_frames,
              q.listener.queued_bytes, q.listener.corked_bytes) for q in peers]))
@@ -747,21 +860,27 @@ def test_compiled_and_twin_write_the_same_bytes(seed: int, steps: int) -> None:
     b = run_script(_fanout_py, seed, steps)
     a.pop("fanout"), b.pop("fanout")
     assert a["events"] == b["events"]
+    # a deferred broadcast schedules the flush even if none of its listeners takes it
+    assert a.pop("scheduled") >= b.pop("scheduled")
     assert a == b
 
 
 def test_differential_long_scripts() -> None:
     compiled = _compiled()
-    wrote = batched = 0
+    wrote = batched = deferred = 0
     for seed in range(40):
         a = run_script(compiled, seed, 600)
         b = run_script(_fanout_py, seed, 600)
-        batched += a.pop("fanout").batched
+        f = a.pop("fanout")
+        batched += f.batched
+        deferred += f.deferred
         b.pop("fanout")
+        assert a.pop("scheduled") >= b.pop("scheduled")
         assert a == b, seed
         wrote += sum(1 for events in a["events"] for e in events if e[0] == "write")
     assert wrote > 1000
     assert batched > 20  # the scripts do grow the compiled module's broadcast batches
+    assert deferred > 200  # and defer broadcasts to member lists
 
 
 def test_twin_is_selected_by_speedups() -> None:

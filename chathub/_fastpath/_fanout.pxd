@@ -24,32 +24,46 @@ cdef class Fanout:
     cdef object _scheduled_on                  # loop of the pending flush, or None
     cdef object _flush_cb
     cdef _Batch _open                          # the broadcast batch that may still grow, or None
+    cdef _Batch _deferred                      # broadcasts to one member list, not yet handed
+                                               # to its listeners (see _defer), or None
     cdef readonly Py_ssize_t batched           # frames appended to an open batch (statistics)
+    cdef readonly Py_ssize_t deferred          # broadcasts that took the deferred path (statistics)
 
     cdef object _get_loop(self)
-    # Registers a listener for the end-of-iteration flush (one call_soon per iteration).
+    # Schedules the end-of-iteration flush (one call_soon per iteration).
+    cdef int _schedule(self) except -1
+    # Registers a listener for the end-of-iteration flush.
     cdef int _mark(self, FanoutListener lst) except -1
+    # Broadcast to a member list whose handles all belong to this fanout, written by the
+    # end-of-iteration flush in one pass over the handles; -1: not taken.
+    cdef Py_ssize_t _defer(self, list seq, list hs, bytes payload, int kind, object exclude) except -2
+    # Hands the deferred broadcasts to their listeners' corks, as broadcast() would have.
+    cdef int _settle(self) except -1
+    cdef int _write_deferred(self, _Batch b) except -1
+    cdef int _hand_out(self, _Batch d, bint write) except -1
 
 
 cdef class FanoutListener(WSListener):
-    cdef public WSTransport transport
+    # (the fields a deferred broadcast reads per recipient come first, next to the
+    # object's header: one or two cache lines)
     cdef public bint closing
     cdef readonly bint paused
     cdef bint _dirty
-    cdef readonly Fanout fanout
+    cdef readonly bint direct    # writes send() on the socket while not paused (see attach())
+    cdef int _fd                 # the socket, when direct (a copy of the transport's)
     cdef object _pending         # the whole cork by reference (not copied), or None: one
                                  # frame (bytes) or a broadcast batch (_Batch)
     cdef char* _cork             # two or more corked frames, copied (malloc); NULL otherwise
+    cdef object _queue           # collections.deque of frames while behind: None or non-empty
+    cdef object _proto           # picows' protocol, when this listener stands in for it as
+                                 # the uvloop transport's protocol (see _go_direct), or None
+    cdef public WSTransport transport
+    cdef readonly Fanout fanout
     cdef Py_ssize_t _cork_len
     cdef Py_ssize_t _cork_alloc
-    cdef object _queue           # collections.deque of frames while behind: None or non-empty
     cdef readonly Py_ssize_t queued_bytes
     cdef readonly Py_ssize_t shed
     cdef public bint deflate     # permessage-deflate negotiated: broadcasts may send RSV1 frames
-    cdef readonly bint direct    # writes send() on the socket while not paused (see attach())
-    cdef int _fd                 # the socket, when direct (a copy of the transport's)
-    cdef object _proto           # picows' protocol, when this listener stands in for it as
-                                 # the uvloop transport's protocol (see _go_direct), or None
 
     cpdef attach(self, WSTransport transport)
     cpdef flush(self)
@@ -65,6 +79,8 @@ cdef class FanoutListener(WSListener):
     cdef int _put_batch(self, _Batch b, int kind) except -1
     cdef int _leave(self, _Batch b, bint copy) except -1
     cdef int _flush(self) except -1
+    # One write of data the caller has taken out of the cork (or a deferred broadcast's).
+    cdef int _send_now(self, const char* data, Py_ssize_t n) except -1
     cdef int _write(self, const char* p, Py_ssize_t n) except -1
     cdef int _go_direct(self, WSTransport t) except -1
     cdef void _release(self) noexcept
@@ -88,11 +104,16 @@ cdef class _Batch:
     cdef Py_ssize_t count_all    # targets with a handle, excluded ones too
     cdef bint has_gzip           # a target asked for gzip
     cdef bint has_deflate        # a target negotiated permessage-deflate
+    # deferred (Fanout._defer) only:
+    cdef list hs                 # the targets' listeners (the member list's cache)
+    cdef list frames             # (frame, kind, excluded listener or None) per broadcast
+    cdef list exs                # the distinct excluded listeners
 
     cdef void close(self) noexcept
     cdef bint has_room(self) noexcept
     cdef bint admit(self, FanoutListener lst) except -1
     cdef int append(self, bytes frame) except -1
+    cdef bint spares(self, FanoutListener lst) noexcept
 
 
 # Writes ``payload`` to every connection of ``conns`` (a list or tuple of objects with

@@ -37,6 +37,10 @@ class Fanout:
     @property
     def batched(self) -> int:
         """Frames a broadcast appended to an open batch (compiled module only)."""
+    @property
+    def deferred(self) -> int:
+        """Broadcasts that took the deferred path (compiled module only)."""
+    def settle(self) -> None: ...
     def __init__(
         self,
         max_queue_frames: int = 1000,

@@ -26,8 +26,24 @@ bytes written to every connection, in the same writes, and the same closes.
   one, so the others keep sharing one batch; past ``_MAX_DEPARTED`` of them, or when a
   frame would take it to ``cork_cap``, the batch takes no more frames. The writes on
   the wire are exactly those of corking each frame in each listener (the twin does
-  that). The
-  ``Fanout`` flushes every corked listener once at the end of the iteration (one
+  that).
+* Deferred broadcasts (``Fanout._defer``): a broadcast to a room's member list
+  (``MemberList``) whose cached handles are all listeners of one fanout, needing no gzip
+  or deflate variant, touches no listener at all: its frame goes into the fanout's
+  deferred batch (further frames to the same list in the iteration are appended, with
+  up to ``_MAX_EXCLUDED`` distinct excluded origins). The end-of-iteration flush writes
+  it in one pass over the cached handles: one ``send()`` of the whole batch to each
+  member with nothing corked and not behind, reading its listener once; the others get
+  it frame by frame through ``_put``. Anything that touches a member's send state first
+  (``_put``, a flush, a close, a pause or resume, ``release``, the introspection
+  properties, a broadcast to another list) settles the batch (``_settle``): it is handed
+  to the members' corks as an immediate broadcast would have, so order and writes stay
+  those of corking each frame in each listener. Only a transport that changes state of
+  its own accord in between (a pause inside picows' own ping, pong or close write, a
+  reset) may see a member that had frames of its own corked get the same bytes cut
+  into other writes; whatever the settling writes then goes through the transport,
+  behind picows' bytes.
+* The ``Fanout`` flushes every corked listener once at the end of the iteration (one
   ``loop.call_soon`` per iteration), or a listener at once when its cork reaches
   ``cork_cap`` bytes. One write per connection per iteration, whatever the number of
   frames: on plain TCP one ``send()`` on the socket itself while the transport holds
@@ -56,6 +72,7 @@ cimport cython
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_Check, PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_ITEM
 from cpython.object cimport PyObject, PyTypeObject
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcmp, memcpy
@@ -83,6 +100,7 @@ SLOW_CONSUMER = "slow consumer: send queue overflowed; reconnect with since_seq"
 
 cdef enum:
     _MAX_DEPARTED = 64  # listeners a batch hands frames one by one; beyond, it closes
+    _MAX_EXCLUDED = 8   # distinct excluded origins a deferred batch takes; beyond, it is settled
     _OP_TEXT = 0x1
     _OP_BINARY = 0x2
     _MIN_CORK_ALLOC = 4096
@@ -183,6 +201,15 @@ cdef class _Batch:
         self.close()
         return False
 
+    cdef bint spares(self, FanoutListener lst) noexcept:
+        """(deferred) ``lst`` is excluded from every frame: nothing of it is due to ``lst``."""
+        cdef list frames = self.frames
+        cdef Py_ssize_t i
+        for i in range(PyList_GET_SIZE(frames)):
+            if PyTuple_GET_ITEM(<tuple>PyList_GET_ITEM(frames, i), 2) is not <PyObject*>lst:
+                return False
+        return True
+
     cdef int append(self, bytes frame) except -1:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
         cdef Py_ssize_t need = self.size + n
@@ -223,36 +250,183 @@ cdef class Fanout:
 
     @property
     def corked(self):
-        """Number of listeners waiting for the end-of-iteration flush."""
+        """Number of listeners waiting for the end-of-iteration flush (deferred
+        broadcasts settled first)."""
+        self._settle()
         return len(self._dirty)
+
+    def settle(self):
+        """Hand the deferred broadcasts (``_defer``) to their listeners' corks now, as
+        ``broadcast()`` would have at once: the listeners' counters and flags (``shed``,
+        ``queued_bytes``, ``paused``...) are then what they would be without deferral.
+        What is written, and in which writes, is the same either way."""
+        self._settle()
 
     cdef object _get_loop(self):
         return self.loop if self.loop is not None else _get_running_loop()
 
-    cdef int _mark(self, FanoutListener lst) except -1:
-        lst._dirty = True
-        self._dirty.append(lst)
+    cdef int _schedule(self) except -1:
         if self._scheduled_on is None:  # the first in this iteration: one call_soon
             loop = self._get_loop()
             loop.call_soon(self._flush_cb)
             self._scheduled_on = loop
         return 0
 
+    cdef int _mark(self, FanoutListener lst) except -1:
+        lst._dirty = True
+        self._dirty.append(lst)
+        if self._scheduled_on is None:
+            self._schedule()
+        return 0
+
     def flush(self):
-        """Write every corked listener's frames (one write each). Runs once at the end of
-        every loop iteration in which something was corked."""
-        cdef list dirty = self._dirty
+        """Write every corked listener's frames (one write each), and the deferred
+        broadcasts. Runs once at the end of every loop iteration in which something was
+        corked or deferred."""
+        cdef list dirty
         cdef FanoutListener lst
         cdef Py_ssize_t i
         cdef _Batch ob = self._open  # (a reference of our own: close() drops the fanout's)
-        self._dirty = []
-        self._scheduled_on = None
+        cdef _Batch d = self._deferred
         if ob is not None:
             ob.close()
+        if d is not None:
+            # (before the corked listeners: a listener it cannot write directly is corked
+            # for them; still in this iteration's list, so no new call_soon)
+            self._deferred = None
+            self._write_deferred(d)
+        dirty = self._dirty
+        self._dirty = []
+        self._scheduled_on = None
         for i in range(len(dirty)):
             lst = <FanoutListener>dirty[i]
             lst._dirty = False
             lst._flush()
+
+    # ---------------------------------------------------------------- deferred broadcasts
+
+    cdef Py_ssize_t _defer(self, list seq, list hs, bytes payload, int kind, object exclude) except -2:
+        """Broadcast ``payload`` to the member list ``seq`` (``hs``: its members'
+        listeners, all of this fanout) but ``exclude``, without touching any listener:
+        the frame joins the deferred batch (one per fanout: the same list's next frames in
+        this iteration are appended to it), which the end-of-iteration flush writes in one
+        pass over ``hs`` (``_write_deferred``): for most recipients one ``send()`` of the
+        whole batch, reading the listener once. Anything that touches the send state of a
+        listener the batch is due to (a frame of its own, a flush, a pause, a close, a
+        broadcast to another list) first settles the batch (``_settle``): it is handed to
+        the listeners' corks as ``broadcast()`` would have at once, so the order and the
+        writes are those of corking every frame in every listener. Returns the
+        broadcast's answer, or -1 if it cannot be deferred (``exclude`` listed twice, a
+        frame of ``cork_cap`` bytes or more)."""
+        cdef Py_ssize_t i, n = PyList_GET_SIZE(seq), at = -1
+        cdef PyObject** items = (<PyListObject*>seq).ob_item
+        cdef _Batch d = self._deferred
+        cdef FanoutListener ex = None
+        cdef bytes frame
+        if exclude is not None:
+            for i in range(n):
+                if items[i] == <PyObject*>exclude:
+                    if at >= 0:
+                        return -1
+                    at = i
+            if at >= 0:
+                ex = <FanoutListener>PyList_GET_ITEM(hs, at)
+        frame = build_frame(_OP_TEXT, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), True, False)
+        if d is not None:
+            if (_same_items(d.targets, seq) and d.size + PyBytes_GET_SIZE(frame) < self.cork_cap
+                    and (ex is None or ex in d.exs or PyList_GET_SIZE(d.exs) < _MAX_EXCLUDED)):
+                d.append(frame)
+                d.frames.append((frame, kind, ex))
+                if ex is not None and ex not in d.exs:
+                    d.exs.append(ex)
+                self.deferred += 1
+                return n - (at >= 0)
+            self._settle()
+        if PyBytes_GET_SIZE(frame) >= self.cork_cap:
+            return -1
+        if self._open is not None:
+            self._open.close()  # its holders may be due this batch too: it takes no more
+        d = _Batch.__new__(_Batch)
+        d.first = frame
+        d.size = PyBytes_GET_SIZE(frame)
+        d.fanout = self
+        d.targets = seq
+        d.hs = hs
+        d.frames = [(frame, kind, ex)]
+        d.exs = [ex] if ex is not None else []
+        self._deferred = d
+        self._schedule()
+        self.deferred += 1
+        return n - (at >= 0)
+
+    cdef int _settle(self) except -1:
+        """Hand the deferred batch, if any, to its listeners' corks: by reference to
+        each whose cork is empty and that is not behind (as ``_put_batch`` would have),
+        frame by frame (``_put``) to the others."""
+        cdef _Batch d = self._deferred
+        if d is not None:
+            self._deferred = None
+            self._hand_out(d, False)
+        return 0
+
+    cdef int _write_deferred(self, _Batch b) except -1:
+        """(end of iteration) Write the deferred batch: one write of all its frames to
+        each listener with nothing corked and not behind, which it reads just once; the
+        others get it frame by frame (``_put``: corked, written by the flush)."""
+        return self._hand_out(b, True)
+
+    cdef int _hand_out(self, _Batch d, bint write) except -1:
+        cdef list hs = d.hs
+        cdef list frames = d.frames
+        cdef list exs = d.exs
+        cdef Py_ssize_t i, j, k
+        cdef Py_ssize_t nex = PyList_GET_SIZE(exs)
+        cdef const char* data = _batch_data(d)
+        cdef Py_ssize_t size = d.size
+        cdef FanoutListener lst
+        cdef tuple t
+        cdef PyObject* ex0 = PyList_GET_ITEM(exs, 0) if nex else NULL
+        for i in range(PyList_GET_SIZE(hs)):
+            lst = <FanoutListener>PyList_GET_ITEM(hs, i)
+            if nex:
+                if <PyObject*>lst == ex0:
+                    k = 0
+                else:
+                    for k in range(1, nex):
+                        if PyList_GET_ITEM(exs, k) == <PyObject*>lst:
+                            break
+                    else:
+                        k = -1
+                if k >= 0:
+                    # excluded from some frames: the others one by one
+                    for j in range(PyList_GET_SIZE(frames)):
+                        t = <tuple>PyList_GET_ITEM(frames, j)
+                        if PyTuple_GET_ITEM(t, 2) != <PyObject*>lst:
+                            lst._put(<bytes>t[0], <int>t[1])
+                    continue
+            if lst.closing or lst.transport is None:
+                continue
+            if not lst.paused and lst._pending is None and lst._cork is NULL and lst._queue is None:
+                if write:
+                    lst._send_now(data, size)
+                else:
+                    lst._pending = d
+                    if not lst._dirty:
+                        self._mark(lst)
+            else:
+                for j in range(PyList_GET_SIZE(frames)):
+                    t = <tuple>PyList_GET_ITEM(frames, j)
+                    lst._put(<bytes>t[0], <int>t[1])
+        return 0
+
+
+cdef inline int _settle_for(FanoutListener lst) except -1:
+    """Before anything touches ``lst``'s send state: settle its fanout's deferred batch
+    unless none of it is due to ``lst``."""
+    cdef _Batch d = lst.fanout._deferred
+    if d is not None and not d.spares(lst):
+        lst.fanout._settle()
+    return 0
 
 
 cdef class FanoutListener(WSListener):
@@ -276,10 +450,12 @@ cdef class FanoutListener(WSListener):
 
     @property
     def queued_frames(self):
+        _settle_for(self)
         return 0 if self._queue is None else len(self._queue)
 
     @property
     def corked_bytes(self):
+        _settle_for(self)
         return self._corked_size()
 
     cpdef attach(self, WSTransport transport):
@@ -394,6 +570,7 @@ cdef class FanoutListener(WSListener):
         queued frames are dropped. ``abort`` (slow consumer) drops the cork too and resets
         the connection; otherwise the client has ``close_timeout`` seconds to answer."""
         cdef WSTransport t = self.transport
+        _settle_for(self)
         if self.closing or t is None:
             return
         if not abort:
@@ -412,11 +589,24 @@ cdef class FanoutListener(WSListener):
 
     cpdef release(self):
         """The connection is gone: drop everything held for it (no write)."""
+        _settle_for(self)  # (only so that the fanout's counters stay those of broadcast() at once)
         self.closing = True
         self._release()
 
     cpdef pause_writing(self):
-        cdef object pending = self._pending
+        cdef object pending
+        cdef bint direct = self.direct
+        if self.fanout._deferred is not None:
+            # The transport holds bytes already (this is its call, from inside a write):
+            # when the deferred batch was not written by us (picows' ping, pong or close),
+            # whatever settling it writes (a cork at the cap) must go behind them, through
+            # the transport, not send() on the socket.
+            self.direct = False
+            try:
+                _settle_for(self)
+            finally:
+                self.direct = direct
+        pending = self._pending
         self.paused = True
         if pending is not None and type(pending) is not bytes:
             # a paused connection queues what comes next: it leaves the batch
@@ -428,6 +618,10 @@ cdef class FanoutListener(WSListener):
         cdef bytes frame
         cdef Py_ssize_t cap = self.fanout.cork_cap
         cdef Py_ssize_t size
+        cdef bint before = self.paused
+        _settle_for(self)
+        if self.paused and not before:
+            return  # a write of the settling filled the transport again: it resumes us later
         self.paused = False
         if self.closing:
             return
@@ -461,6 +655,7 @@ cdef class FanoutListener(WSListener):
     cdef int _put(self, bytes frame, int kind) except -1:
         """The one entry point for every frame to this connection."""
         cdef Py_ssize_t n, size, cap
+        _settle_for(self)  # (first: it may close this very listener)
         if self.closing or self.transport is None:
             return 0
         if self.paused or self._queue is not None:
@@ -506,6 +701,7 @@ cdef class FanoutListener(WSListener):
         cdef bytes frame = b.first
         cdef Py_ssize_t cap = self.fanout.cork_cap
         cdef Py_ssize_t size
+        _settle_for(self)
         if self.closing:
             return 0  # gets nothing, now or from the batch's later frames
         if (self.transport is not None and not self.paused and self._queue is None
@@ -579,7 +775,12 @@ cdef class FanoutListener(WSListener):
         cdef char* buf = self._cork
         cdef const char* data = buf
         cdef Py_ssize_t n = self._cork_len
-        cdef WSTransport t
+        if self.fanout._deferred is not None:
+            _settle_for(self)
+            pending = self._pending
+            buf = self._cork
+            data = buf
+            n = self._cork_len
         if pending is None and buf is NULL:
             return 0
         # take the data out first: the write may call back (pause_writing)
@@ -592,6 +793,15 @@ cdef class FanoutListener(WSListener):
         self._cork = NULL
         self._cork_len = 0
         self._cork_alloc = 0
+        try:
+            self._send_now(data, n)
+        finally:
+            if buf is not NULL:
+                free(buf)
+        return 0
+
+    cdef int _send_now(self, const char* data, Py_ssize_t n) except -1:
+        cdef WSTransport t
         try:
             # (the transport's flags are read in place, without a reference taken: the
             # direct path touches no other part of it)
@@ -610,9 +820,6 @@ cdef class FanoutListener(WSListener):
                     t.disconnect(False)
             except Exception:
                 pass
-        finally:
-            if buf is not NULL:
-                free(buf)
         return 0
 
     cdef int _write(self, const char* p, Py_ssize_t n) except -1:
@@ -751,8 +958,12 @@ cdef Py_ssize_t _fan_off = 0
 
 
 cdef tuple _member_cache(list seq):
-    """``(handles, gzip flags)`` of ``seq``, index for index, kept on ``seq`` if it is a
-    list type with a ``fan`` slot; None for any other list."""
+    """``(handles, gzip flags, fanout, any gzip, any deflate)`` of ``seq``: its members'
+    handles and gzip flags index for index; the ``Fanout`` of every handle if all are
+    distinct ``FanoutListener``s of one fanout (else None: no deferred broadcast); whether
+    any member asked for gzip, and whether any listener negotiated permessage-deflate
+    (fixed at the handshake, before a connection joins a room). Kept on ``seq`` if it is
+    a list type with a ``fan`` slot; None for any other list."""
     global _fan_type, _fan_type_ref, _fan_off
     cdef PyObject* v
     cdef Py_ssize_t i, n, off
@@ -779,13 +990,28 @@ cdef tuple _member_cache(list seq):
             return cache
     hs = []
     gz = bytearray(n)
+    fan = None
+    one_fan = True
+    any_gz = any_dfl = False
     for i in range(n):
         c = <object>PyList_GET_ITEM(seq, i)
         if Py_TYPE(c) is not _slot_type:
             _learn(c)
-        hs.append(_handle_of(c))
+        h = _handle_of(c)
+        hs.append(h)
         gz[i] = 1 if _gzip_of(c) else 0
-    cache = (hs, bytes(gz))
+        any_gz = any_gz or gz[i]
+        if isinstance(h, FanoutListener):
+            any_dfl = any_dfl or (<FanoutListener>h).deflate
+            if fan is None:
+                fan = (<FanoutListener>h).fanout
+            elif (<FanoutListener>h).fanout is not fan:
+                one_fan = False
+        else:
+            one_fan = False
+    if not one_fan or len({id(h) for h in hs}) != n:
+        fan = None
+    cache = (hs, bytes(gz), fan, any_gz, any_dfl)
     slot_replace(seq, _fan_off, cache)
     return cache
 
@@ -866,6 +1092,10 @@ cdef Py_ssize_t c_broadcast(object conns, bytes payload, int kind, Py_ssize_t gz
         if cache is not None:
             hs = <list>cache[0]
             gzs = PyBytes_AS_STRING(<bytes>cache[1])
+            if cache[2] is not None and not (big and cache[3]) and not (dbig and cache[4]):
+                r = (<Fanout>cache[2])._defer(seq, hs, payload, kind, exclude)
+                if r >= 0:
+                    return r
         # the same list as the open batch's (a burst in one room): one append, no loop
         h = <object>PyList_GET_ITEM(hs, 0) if hs is not None else _handle_of(<object>PyList_GET_ITEM(seq, 0))
         if isinstance(h, FanoutListener):

@@ -70,6 +70,10 @@ class Fanout:
         """Number of listeners waiting for the end-of-iteration flush."""
         return len(self._dirty)
 
+    def settle(self) -> None:
+        """Nothing to do here: every broadcast is handed to its listeners at once (the
+        compiled module defers some to the end of the iteration; see _fanout.pyx)."""
+
     def _get_loop(self) -> Any:
         return self.loop if self.loop is not None else asyncio.get_running_loop()
 
