@@ -42,6 +42,7 @@ class HubConfig:
     redis_url: str | None = None
     migrate_on_start: bool = True
     sqlite_cache_kib: int = 16384  # page cache of the embedded SQLite store (an upper bound)
+    sqlite_commit_interval_ms: float = 0.0  # shortest time between two group commits (0: off)
     # limits (the seed's HubConfig)
     max_connections_per_user: int = 3
     max_rooms_per_connection: int = 50
@@ -95,6 +96,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "retention_max_age_s": (1, 100 * 365 * 86400),
     "retention_max_per_room": (1, 10**12),
     "sqlite_cache_kib": (64, 16 * 1024 * 1024),
+    "sqlite_commit_interval_ms": (0, 1000),
 }
 
 _FIELDS = {f.name: f for f in fields(HubConfig)}

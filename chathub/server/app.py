@@ -86,7 +86,11 @@ def build_node(cfg: HubConfig) -> Node:
         retention_max_age_s=cfg.retention_max_age_s,
         retention_max_per_room=cfg.retention_max_per_room,
         migrate=cfg.migrate_on_start,
-        **({} if cfg.postgres_dsn else {"cache_kib": cfg.sqlite_cache_kib}),
+        **(
+            {}
+            if cfg.postgres_dsn
+            else {"cache_kib": cfg.sqlite_cache_kib, "commit_interval": cfg.sqlite_commit_interval_ms / 1000}
+        ),
     )
     if cfg.redis_url:
         log.warning("redis_url is set, but the Redis broker is not in this version; using the in-process broker")

@@ -122,3 +122,75 @@ def test_two_stores_share_the_short_interval_and_the_last_restores_it(tmp_path, 
         assert sys.getswitchinterval() == before
 
     run(body())
+
+
+# ---------------------------------------------------------------- commit interval
+
+
+async def _timed(store: SqliteMessageStore, msg: NewMessage) -> tuple[object, float]:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    res = await store.submit(msg)
+    return res, loop.time() - t0
+
+
+def test_appends_closer_than_the_commit_interval_share_one_commit(tmp_path, run):
+    """Appends one loop iteration apart (as from separate clients), faster than the
+    interval: the first goes at once, the others wait for the rest of the interval and
+    share one commit; every one is acked only after it, in call order."""
+    async def body():
+        async with _opened(tmp_path, commit_interval=0.3) as store:
+            futs = []
+            for i in range(6):
+                futs.append(store.submit(nm("ci", sender=i, cid=f"c{i}")))
+                await asyncio.sleep(0.01)
+            res = await asyncio.gather(*futs)
+            assert store.stats["groups"] == 2 and store.stats["inserted"] == 6
+            assert [r.message.seq for r in res] == [1, 2, 3, 4, 5, 6]
+            assert seqs(await all_history(store, "ci")) == [1, 2, 3, 4, 5, 6]
+
+    run(body())
+
+
+def test_appends_further_apart_than_the_interval_are_not_held_back(tmp_path, run):
+    """The interval only holds back an append that comes less than the interval after
+    the last group went: one after a pause goes at once. (1 s interval, 0.5 s bounds:
+    far from this machine's commit times.)"""
+    async def body():
+        async with _opened(tmp_path, commit_interval=1.0) as store:
+            _, first = await _timed(store, nm("far", sender=1))
+            _, held = await _timed(store, nm("far", sender=2))  # right after: waits
+            await asyncio.sleep(1.05)
+            _, later = await _timed(store, nm("far", sender=3))
+            assert first < 0.5 and later < 0.5
+            assert held >= 0.5
+            assert store.stats["groups"] == 3
+
+    run(body())
+
+
+def test_interval_zero_is_a_commit_per_group_and_close_does_not_wait(tmp_path, run):
+    async def body():
+        async with _opened(tmp_path, commit_interval=0) as store:
+            for i in range(4):
+                await store.submit(nm("z", sender=i))
+            assert store.stats["groups"] == 4
+        store = SqliteMessageStore(str(tmp_path / "held.sqlite3"), commit_interval=30.0)
+        await store.open()
+        await store.submit(nm("h", sender=1))
+        held = [store.submit(nm("h", sender=i)) for i in range(2, 5)]  # waits for 30 s...
+        await asyncio.sleep(0.05)
+        assert not any(f.done() for f in held)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await store.close()  # ...unless the store closes: they go in now
+        assert loop.time() - t0 < 10
+        assert [f.result().message.seq for f in held] == [2, 3, 4]
+        again = SqliteMessageStore(str(tmp_path / "held.sqlite3"))
+        await again.open()
+        try:
+            assert seqs(await all_history(again, "h")) == [1, 2, 3, 4]
+        finally:
+            await again.close()
+
+    run(body())
