@@ -60,6 +60,15 @@ Commit interval
     rates (benchmarks/README.md: 2 ms saved 4.5 % of the CPU in scenario b and doubled
     the median latency; 1 ms saved nothing).
 
+Scheduling
+    Handing a group over wakes the worker thread. On a busy core Linux would let it
+    preempt the loop's thread at once, which still holds the GIL: the worker blocks on
+    the GIL straight away, and the pair switch back and forth for every group. The
+    worker runs as ``SCHED_BATCH`` (Linux; nothing elsewhere), which only waives that
+    wake-up preemption: it runs when the loop waits for I/O or its time slice ends, or
+    at once on an idle core. Measured in the fan-out benchmark (interleaved A/B): 0.973x
+    the CPU per delivery in scenario b and 0.973x the CPU per message in scenario p.
+
 Several processes on one file
     Seq allocation happens under SQLite's write lock (``BEGIN IMMEDIATE``), and
     ``busy_timeout`` bounds how long we wait for another process' write transaction.
@@ -303,6 +312,15 @@ def _settle_many(futs: list[asyncio.Future], results: list[Any]) -> None:
 COMMIT_INTERVAL = 0.0  # seconds (off); see "Commit interval" in the module docstring
 
 
+def _batch_scheduling() -> None:
+    """(worker thread) Ask Linux not to let this thread preempt the loop's thread when a
+    job wakes it (``SCHED_BATCH``; see "Scheduling" in the module docstring)."""
+    try:
+        os.sched_setscheduler(threading.get_native_id(), os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux, or not allowed: no matter
+        pass
+
+
 class SqliteMessageStore:
     """``MessageStore`` + ``RoomStore`` + ``StoreAdmin`` on a SQLite file."""
 
@@ -403,6 +421,7 @@ class SqliteMessageStore:
     # ------------------------------------------------------------------ worker
     def _worker(self) -> None:
         held = None
+        _batch_scheduling()
         try:
             while True:
                 job = held if held is not None else self._jobs.get()

@@ -194,3 +194,26 @@ def test_interval_zero_is_a_commit_per_group_and_close_does_not_wait(tmp_path, r
             await again.close()
 
     run(body())
+
+
+def test_worker_thread_runs_as_sched_batch_on_linux(tmp_path, run):
+    """The worker waives wake-up preemption of the loop's thread (module docstring,
+    "Scheduling"); the loop's own thread keeps its policy."""
+    import os
+    import threading
+
+    if not hasattr(os, "SCHED_BATCH"):
+        import pytest
+
+        pytest.skip("no SCHED_BATCH here")
+
+    async def body():
+        async with _opened(tmp_path) as store:
+            assert store._thread is not None
+            tid = store._thread.native_id
+            assert tid is not None
+            assert os.sched_getscheduler(tid) == os.SCHED_BATCH
+            assert os.sched_getscheduler(threading.get_native_id()) != os.SCHED_BATCH
+            assert (await store.append(nm("sb", sender=1))).message.seq == 1
+
+    run(body())
