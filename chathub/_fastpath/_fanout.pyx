@@ -376,6 +376,11 @@ cdef class Fanout:
         return self._hand_out(b, True)
 
     cdef int _hand_out(self, _Batch d, bint write) except -1:
+        """Every member of the deferred batch ``d`` gets what it is due, in the order of
+        the broadcasts: one excluded from some of them gets the others one by one
+        (``_put``); a closing or detached one nothing; one with nothing corked and not
+        behind the whole batch, written now (``write``) or corked by reference; any
+        other one the frames one by one (``_put``)."""
         cdef list hs = d.hs
         cdef list frames = d.frames
         cdef list exs = d.exs
