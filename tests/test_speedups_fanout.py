@@ -419,6 +419,32 @@ def test_a_deferred_broadcast_and_an_outside_pause(impl: Any) -> None:
     assert peers[0].writes() == [frame(1, b"r" * 100)]
 
 
+def test_compiled_deferred_write_that_raises_still_writes_the_corked_ones() -> None:
+    """An exception out of the deferred batch's write at the end of the iteration (here:
+    a paused member's queue overflows, and its transport fails the close frame) still
+    lets the flush write every corked listener before it propagates; none is left
+    corked with no flush to come."""
+    mod = _compiled()
+    loop, fanout, peers = make(mod, 3, max_queue_frames=1)
+    room = MemberList([p.conn for p in peers])
+    broken = peers[2]
+    broken.listener.pause_writing()
+    broken.raw.paused = True
+    broken.listener.send_text(b"queued")  # the queue is full now
+    loop.end_iteration()
+    peers[1].listener.send_text(b"own")  # corked before the broadcast
+    mod.broadcast(room, b"msg", MESSAGE)
+    broken.raw.broken = True
+    with pytest.raises(RuntimeError):
+        loop.end_iteration()
+    assert peers[0].writes() == [frame(1, b"msg")]
+    assert peers[1].writes() == [frame(1, b"own") + frame(1, b"msg")]
+    assert fanout.corked == 0
+    mod.broadcast(room, b"next", MESSAGE)  # and the next iteration flushes again
+    loop.end_iteration()
+    assert peers[0].writes()[-1] == frame(1, b"next")
+
+
 def test_compiled_broadcast_keeps_the_members_handles_on_a_member_list() -> None:
     """A room's MemberList carries the compiled fan-out's copy of its members' handles
     and gzip flags, made by the first broadcast to it and used by the next ones (no Conn

@@ -288,13 +288,17 @@ cdef class Fanout:
         cdef Py_ssize_t i
         cdef _Batch ob = self._open  # (a reference of our own: close() drops the fanout's)
         cdef _Batch d = self._deferred
+        cdef object err = None
         if ob is not None:
             ob.close()
         if d is not None:
             # (before the corked listeners: a listener it cannot write directly is corked
             # for them; still in this iteration's list, so no new call_soon)
             self._deferred = None
-            self._write_deferred(d)
+            try:
+                self._write_deferred(d)
+            except BaseException as e:  # (MemoryError) the corked ones are still written
+                err = e
         dirty = self._dirty
         self._dirty = []
         self._scheduled_on = None
@@ -302,6 +306,8 @@ cdef class Fanout:
             lst = <FanoutListener>dirty[i]
             lst._dirty = False
             lst._flush()
+        if err is not None:
+            raise err
 
     # ---------------------------------------------------------------- deferred broadcasts
 
