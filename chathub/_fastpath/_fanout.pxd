@@ -39,7 +39,7 @@ cdef class Fanout:
     cdef Py_ssize_t _defer(self, list seq, list hs, bytes payload, int kind, object exclude) except -2
     # Hands the deferred broadcasts to their listeners' corks, as broadcast() would have.
     cdef int _settle(self) except -1
-    cdef int _write_deferred(self, _Batch b) except -1
+    # Gives every member its due: written now (the flush: ``write``) or corked (_settle).
     cdef int _hand_out(self, _Batch d, bint write) except -1
 
 

@@ -137,6 +137,15 @@ cdef inline bint _same_items(list a, list b) noexcept:
     return memcmp((<PyListObject*>a).ob_item, (<PyListObject*>b).ob_item, n * sizeof(PyObject*)) == 0
 
 
+cdef inline bint _listed(list a, object o) noexcept:
+    """``o`` itself (not an equal object) is an item of ``a``."""
+    cdef Py_ssize_t i
+    for i in range(PyList_GET_SIZE(a)):
+        if PyList_GET_ITEM(a, i) == <PyObject*>o:
+            return True
+    return False
+
+
 cdef char* _reserve(char* buf, Py_ssize_t* alloc, Py_ssize_t need) except NULL:
     """``buf`` (malloc'd, ``alloc[0]`` bytes; or NULL) with room for ``need`` bytes: the
     size starts at ``_MIN_CORK_ALLOC`` and doubles; ``alloc[0]`` is updated. On failure
@@ -275,8 +284,7 @@ cdef class Fanout:
     cdef int _mark(self, FanoutListener lst) except -1:
         lst._dirty = True
         self._dirty.append(lst)
-        if self._scheduled_on is None:
-            self._schedule()
+        self._schedule()
         return 0
 
     def flush(self):
@@ -296,7 +304,7 @@ cdef class Fanout:
             # for them; still in this iteration's list, so no new call_soon)
             self._deferred = None
             try:
-                self._write_deferred(d)
+                self._hand_out(d, True)
             except BaseException as e:  # (MemoryError) the corked ones are still written
                 err = e
         dirty = self._dirty
@@ -316,7 +324,7 @@ cdef class Fanout:
         listeners, all of this fanout) but ``exclude``, without touching any listener:
         the frame joins the deferred batch (one per fanout: the same list's next frames in
         this iteration are appended to it), which the end-of-iteration flush writes in one
-        pass over ``hs`` (``_write_deferred``): for most recipients one ``send()`` of the
+        pass over ``hs`` (``_hand_out``): for most recipients one ``send()`` of the
         whole batch, reading the listener once. Anything that touches the send state of a
         listener the batch is due to (a frame of its own, a flush, a pause, a close, a
         broadcast to another list) first settles the batch (``_settle``): it is handed to
@@ -329,6 +337,7 @@ cdef class Fanout:
         cdef _Batch d = self._deferred
         cdef FanoutListener ex = None
         cdef bytes frame
+        cdef bint new_ex
         if exclude is not None:
             for i in range(n):
                 if items[i] == <PyObject*>exclude:
@@ -339,11 +348,12 @@ cdef class Fanout:
                 ex = <FanoutListener>PyList_GET_ITEM(hs, at)
         frame = build_frame(_OP_TEXT, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), True, False)
         if d is not None:
+            new_ex = ex is not None and not _listed(d.exs, ex)
             if (_same_items(d.targets, seq) and d.size + PyBytes_GET_SIZE(frame) < self.cork_cap
-                    and (ex is None or ex in d.exs or PyList_GET_SIZE(d.exs) < _MAX_EXCLUDED)):
+                    and not (new_ex and PyList_GET_SIZE(d.exs) >= _MAX_EXCLUDED)):
                 d.append(frame)
                 d.frames.append((frame, kind, ex))
-                if ex is not None and ex not in d.exs:
+                if new_ex:
                     d.exs.append(ex)
                 self.deferred += 1
                 return n - (at >= 0)
@@ -375,12 +385,6 @@ cdef class Fanout:
             self._hand_out(d, False)
         return 0
 
-    cdef int _write_deferred(self, _Batch b) except -1:
-        """(end of iteration) Write the deferred batch: one write of all its frames to
-        each listener with nothing corked and not behind, which it reads just once; the
-        others get it frame by frame (``_put``: corked, written by the flush)."""
-        return self._hand_out(b, True)
-
     cdef int _hand_out(self, _Batch d, bint write) except -1:
         """Every member of the deferred batch ``d`` gets what it is due, in the order of
         the broadcasts: one excluded from some of them gets the others one by one
@@ -390,43 +394,28 @@ cdef class Fanout:
         cdef list hs = d.hs
         cdef list frames = d.frames
         cdef list exs = d.exs
-        cdef Py_ssize_t i, j, k
-        cdef Py_ssize_t nex = PyList_GET_SIZE(exs)
+        cdef Py_ssize_t i, j
         cdef const char* data = _batch_data(d)
         cdef Py_ssize_t size = d.size
         cdef FanoutListener lst
         cdef tuple t
-        cdef PyObject* ex0 = PyList_GET_ITEM(exs, 0) if nex else NULL
         for i in range(PyList_GET_SIZE(hs)):
             lst = <FanoutListener>PyList_GET_ITEM(hs, i)
-            if nex:
-                if <PyObject*>lst == ex0:
-                    k = 0
-                else:
-                    for k in range(1, nex):
-                        if PyList_GET_ITEM(exs, k) == <PyObject*>lst:
-                            break
-                    else:
-                        k = -1
-                if k >= 0:
-                    # excluded from some frames: the others one by one
-                    for j in range(PyList_GET_SIZE(frames)):
-                        t = <tuple>PyList_GET_ITEM(frames, j)
-                        if PyTuple_GET_ITEM(t, 2) != <PyObject*>lst:
-                            lst._put(<bytes>t[0], <int>t[1])
+            if not (PyList_GET_SIZE(exs) and _listed(exs, lst)):
+                if lst.closing or lst.transport is None:
                     continue
-            if lst.closing or lst.transport is None:
-                continue
-            if not lst.paused and lst._pending is None and lst._cork is NULL and lst._queue is None:
-                if write:
-                    lst._send_now(data, size)
-                else:
-                    lst._pending = d
-                    if not lst._dirty:
-                        self._mark(lst)
-            else:
-                for j in range(PyList_GET_SIZE(frames)):
-                    t = <tuple>PyList_GET_ITEM(frames, j)
+                if not lst.paused and lst._pending is None and lst._cork is NULL and lst._queue is None:
+                    if write:
+                        lst._send_now(data, size)
+                    else:
+                        lst._pending = d
+                        if not lst._dirty:
+                            self._mark(lst)
+                    continue
+            # frame by frame (but those it is excluded from)
+            for j in range(PyList_GET_SIZE(frames)):
+                t = <tuple>PyList_GET_ITEM(frames, j)
+                if PyTuple_GET_ITEM(t, 2) != <PyObject*>lst:
                     lst._put(<bytes>t[0], <int>t[1])
         return 0
 
@@ -782,16 +771,15 @@ cdef class FanoutListener(WSListener):
 
     cdef int _flush(self) except -1:
         """Write what is corked in one write; nothing after a close frame or a disconnect."""
-        cdef object pending = self._pending
-        cdef char* buf = self._cork
-        cdef const char* data = buf
-        cdef Py_ssize_t n = self._cork_len
-        if self.fanout._deferred is not None:
-            _settle_for(self)
-            pending = self._pending
-            buf = self._cork
-            data = buf
-            n = self._cork_len
+        cdef object pending
+        cdef char* buf
+        cdef const char* data
+        cdef Py_ssize_t n
+        _settle_for(self)
+        pending = self._pending
+        buf = self._cork
+        data = buf
+        n = self._cork_len
         if pending is None and buf is NULL:
             return 0
         # take the data out first: the write may call back (pause_writing)
