@@ -271,3 +271,12 @@ def test_the_compiled_init_is_installed_when_compiled():
         1, "r", 2, "t", 3, "i", None, 9)
     with pytest.raises(dataclasses.FrozenInstanceError):
         m.text = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("args, kwargs", [((1, "r"), {}), ((1, "r", 2, "t", 3, "i"), {"bogus": 1}),
+                                          ((1, "r", 2, "t", 3, "i", None, None, 9), {})])
+def test_wrong_arguments_name_init_not_the_module_function(args, kwargs):
+    # whichever implementation is installed, the TypeError speaks of __init__()
+    with pytest.raises(TypeError, match=r"__init__\(\)") as e:
+        NewMessage(*args, **kwargs)
+    assert "new_message_init" not in str(e.value)

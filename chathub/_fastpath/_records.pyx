@@ -98,11 +98,13 @@ cdef inline void _put(object o, Py_ssize_t off, object v) noexcept:
 _setattr = object.__setattr__
 
 
-def new_message_init(self, tenant_id, room, sender, text, ts, msg_id, client_msg_id=None, reply_to=None):
+def __init__(self, tenant_id, room, sender, text, ts, msg_id, client_msg_id=None, reply_to=None):
     """``NewMessage.__init__`` (installed by ``chathub.store.base`` when compiled): the
     dataclass' generated one sets each field with ``object.__setattr__`` (it is frozen);
     this stores them at their slot offsets. Same parameters; on anything but the exact
-    bound type it does what the generated one does, field by field."""
+    bound type it does what the generated one does, field by field. (Defined as
+    ``__init__`` so that a call with wrong arguments raises a TypeError naming
+    ``__init__()``, as the dataclass' does, not this module's name for it.)"""
     if _new_tp is not NULL and Py_TYPE(self) is _new_tp:
         slot_replace(self, _n_off[0], tenant_id)
         slot_replace(self, _n_off[1], room)
@@ -121,6 +123,10 @@ def new_message_init(self, tenant_id, room, sender, text, ts, msg_id, client_msg
     _setattr(self, "msg_id", msg_id)
     _setattr(self, "client_msg_id", client_msg_id)
     _setattr(self, "reply_to", reply_to)
+
+
+new_message_init = __init__
+del __init__
 
 
 def new_result(t, r, seq, m):
