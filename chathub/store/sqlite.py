@@ -558,8 +558,11 @@ class SqliteMessageStore:
         if self._closed or self._thread is None:
             raise StoreUnavailable("store is closed" if self._closed else "store is not open")
         fut = self._loop.create_future()  # type: ignore[union-attr]
-        self._pending.append((msg, fut))
-        if not self._dispatch_soon and self._timer is None and (not self._busy or self._may_pipeline()):
+        pending = self._pending
+        pending.append((msg, fut))
+        # (while the commit interval holds appends back, only a full group goes early)
+        if (not self._dispatch_soon and (self._timer is None or len(pending) >= self._max_batch)
+                and (not self._busy or self._may_pipeline())):
             self._schedule_dispatch()
         return fut
 

@@ -196,6 +196,23 @@ def test_interval_zero_is_a_commit_per_group_and_close_does_not_wait(tmp_path, r
     run(body())
 
 
+def test_a_full_group_is_not_held_back_by_the_interval(tmp_path, run):
+    """Appends held back by the interval go as soon as they fill a group (``max_batch``):
+    with a 30 s interval, the second group goes once its fourth append comes."""
+    async def body():
+        async with _opened(tmp_path, commit_interval=30.0, max_batch=4) as store:
+            await store.submit(nm("full", sender=0))
+            held = []
+            for i in range(1, 5):
+                held.append(store.submit(nm("full", sender=i)))
+                await asyncio.sleep(0.01)
+            res = await asyncio.wait_for(asyncio.gather(*held), timeout=10)
+            assert [r.message.seq for r in res] == [2, 3, 4, 5]
+            assert store.stats["groups"] == 2
+
+    run(body())
+
+
 def test_worker_thread_runs_as_sched_batch_on_linux(tmp_path, run):
     """The worker waives wake-up preemption of the loop's thread (module docstring,
     "Scheduling"); the loop's own thread keeps its policy."""
