@@ -79,7 +79,7 @@ from libc.string cimport memcmp, memcpy
 
 from picows.picows cimport MemoryBuffer, WSCloseCode, WSListener, WSTransport
 
-from chathub._fastpath._frame cimport build_frame
+from chathub._fastpath._frame cimport build_frame, frame_header_size
 from chathub._fastpath._slots cimport (
     PyMemberDescr_Type, PyMemberDescrObject, Py_TYPE, T_OBJECT_EX, slot_get, slot_replace,
 )
@@ -338,6 +338,8 @@ cdef class Fanout:
         cdef FanoutListener ex = None
         cdef bytes frame
         cdef bint new_ex
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(payload)
+        cdef Py_ssize_t flen = frame_header_size(size) + size
         if exclude is not None:
             for i in range(n):
                 if items[i] == <PyObject*>exclude:
@@ -346,11 +348,11 @@ cdef class Fanout:
                     at = i
             if at >= 0:
                 ex = <FanoutListener>PyList_GET_ITEM(hs, at)
-        frame = build_frame(_OP_TEXT, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload), True, False)
         if d is not None:
             new_ex = ex is not None and not _listed(d.exs, ex)
-            if (_same_items(d.targets, seq) and d.size + PyBytes_GET_SIZE(frame) < self.cork_cap
+            if (_same_items(d.targets, seq) and d.size + flen < self.cork_cap
                     and not (new_ex and PyList_GET_SIZE(d.exs) >= _MAX_EXCLUDED)):
+                frame = build_frame(_OP_TEXT, PyBytes_AS_STRING(payload), size, True, False)
                 d.append(frame)
                 d.frames.append((frame, kind, ex))
                 if new_ex:
@@ -358,8 +360,9 @@ cdef class Fanout:
                 self.deferred += 1
                 return n - (at >= 0)
             self._settle()
-        if PyBytes_GET_SIZE(frame) >= self.cork_cap:
-            return -1
+        if flen >= self.cork_cap:
+            return -1  # (the frame is built by the broadcast that takes it)
+        frame = build_frame(_OP_TEXT, PyBytes_AS_STRING(payload), size, True, False)
         if self._open is not None:
             self._open.close()  # its holders may be due this batch too: it takes no more
         d = _Batch.__new__(_Batch)
